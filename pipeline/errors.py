@@ -1,0 +1,40 @@
+"""The project's one exception hierarchy.
+
+Third-party errors are wrapped with ``raise ... from exc``. Every error says whether
+retrying the same work may succeed (``retryable``): the runtime retries transient
+errors with backoff and dead-letters permanent ones.
+"""
+
+from __future__ import annotations
+
+
+class TicketflowError(Exception):
+    """Base of every error raised by ticketflow."""
+
+    retryable: bool = False
+
+
+class ConfigurationError(TicketflowError):
+    """Settings are missing or inconsistent; fix the configuration and restart."""
+
+
+class ServiceError(TicketflowError):
+    """A local service (Kafka, Redis) could not be started, stopped or reached."""
+
+
+class TransientError(TicketflowError):
+    """A dependency failed in a way that may heal (timeouts, connection resets)."""
+
+    retryable = True
+
+
+class DecodeError(TicketflowError):
+    """A record's bytes are not a valid event of the expected schema."""
+
+
+class ValidationFailure(TicketflowError):
+    """A decoded event breaks a business rule (size limit, empty field, bad id)."""
+
+
+class SchemaError(TicketflowError):
+    """A schema file is invalid or a schema change breaks compatibility."""

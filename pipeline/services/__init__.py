@@ -1,0 +1,39 @@
+"""Local infrastructure: a single-node Kafka broker (KRaft) and Redis, started on loopback.
+
+When ``TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS`` or ``TICKETFLOW_REDIS_URL`` is set, that
+service is external: nothing is started or stopped, and ``status`` only checks it answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.services.kafka_broker import KafkaBroker
+from pipeline.services.redis_server import RedisServer
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    managed: bool  # started by ticketflow (False: configured external service)
+    running: bool
+    address: str
+    detail: str = ""
+
+
+def services(settings: Settings) -> tuple[KafkaBroker, RedisServer]:
+    return KafkaBroker(settings), RedisServer(settings)
+
+
+def up(settings: Settings) -> list[ServiceStatus]:
+    """Start what is not configured externally and not yet running; wait until it answers."""
+    return [svc.up() for svc in services(settings)]
+
+
+def down(settings: Settings) -> list[ServiceStatus]:
+    return [svc.down() for svc in services(settings)]
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    return [svc.status() for svc in services(settings)]
