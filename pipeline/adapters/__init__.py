@@ -1,0 +1,1 @@
+"""Adapters: the ports of ``pipeline.processing`` bound to real services."""

@@ -1,0 +1,1 @@
+"""The `ticketflow` command line: one entry point, one module per subcommand."""

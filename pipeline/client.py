@@ -1,0 +1,177 @@
+"""The client side: produce tickets, read responses and dead letters.
+
+``TicketflowClient`` is what ``ticketflow submit`` and ``ticketflow results`` use, and what
+an application embeds. Its producer is idempotent (librdkafka leaves that off by default),
+so a retried send never duplicates a ticket on the ingress topic.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+
+from pipeline.errors import DecodeError, ServiceError
+from pipeline.events import DeadLetter, TicketResolved, TicketSubmitted, to_record
+from pipeline.serde import AvroSerde, ConfluentSchemaRegistry, SchemaCatalog
+from pipeline.settings import Settings
+from topics.catalog import INGRESS_MAX_BYTES, topic_name
+
+
+@dataclass(frozen=True)
+class Received:
+    """A record read back, with the wall-clock time it was read (ms since the epoch)."""
+
+    event: Any
+    received_at: int
+
+
+class TicketflowClient:
+    def __init__(self, settings: Settings, serde: AvroSerde | None = None) -> None:
+        self.settings = settings
+        registry = (ConfluentSchemaRegistry(settings.schema_registry_url)
+                    if settings.schema_registry_url else None)
+        self.serde = serde or AvroSerde(SchemaCatalog.load(), registry)
+        self._producer: Any = None
+
+    def topic(self, name: str) -> str:
+        return topic_name(self.settings.topic_prefix, name)
+
+    # -- producing -----------------------------------------------------------------------
+
+    @property
+    def producer(self) -> Any:
+        if self._producer is None:
+            self._producer = Producer({
+                **self.settings.kafka_common(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.max.bytes": INGRESS_MAX_BYTES + 64 * 1024,
+            })
+        return self._producer
+
+    def submit(self, tickets: Iterable[TicketSubmitted],
+               on_sent: Callable[[TicketSubmitted], None] | None = None,
+               flush: bool = True) -> int:
+        """Produce tickets to the ingress topic (keyed by ticket_id); returns how many.
+
+        With ``flush`` (the default) it returns once every ticket is acknowledged.
+        """
+        topic = self.topic("tickets.ingress")
+        count = 0
+        for ticket in tickets:
+            if ticket.created_at is None:
+                ticket = _with_created_at(ticket)
+            value = self.serde.encode(TicketSubmitted.SCHEMA, to_record(ticket), topic)
+            self.send_raw(topic, ticket.ticket_id.encode(), value)
+            count += 1
+            if on_sent is not None:
+                on_sent(ticket)
+        if flush:
+            self.flush()
+        return count
+
+    def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Produce bytes as they are (for JSON input, redrives and tests of bad input)."""
+        errors: list[str] = []
+
+        def _delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, on_delivery=_delivered)
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        self.producer.poll(0)
+        if errors:
+            raise ServiceError(f"delivery to {topic} failed: {errors[0]}")
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        if self._producer is not None and self._producer.flush(timeout_s) > 0:
+            raise ServiceError(f"{len(self._producer)} records not delivered within {timeout_s} s")
+
+    # -- consuming -----------------------------------------------------------------------
+
+    def results(self, *, expect: int | None = None, timeout_s: float | None = None,
+                ticket_ids: set[str] | None = None, drain: bool = False) -> Iterator[Received]:
+        """TicketResolved records from the beginning of tickets.responses (read_committed).
+
+        Stops after ``expect`` distinct tickets (of ``ticket_ids`` when given) or after
+        ``timeout_s`` seconds, or (``drain``) at the end of every partition; yields every
+        record, duplicates included.
+        """
+        seen: set[str] = set()
+        for item in self._read(self.topic("tickets.responses"), TicketResolved.SCHEMA,
+                               TicketResolved.from_record, timeout_s,
+                               lambda: expect is not None and len(seen) >= expect,
+                               idle_stop=drain):
+            resolved: TicketResolved = item.event
+            if ticket_ids is not None and resolved.ticket_id not in ticket_ids:
+                continue
+            seen.add(resolved.ticket_id)
+            yield item
+
+    def dead_letters(self, *, timeout_s: float = 5.0,
+                     stop: Callable[[], bool] | None = None) -> Iterator[Received]:
+        """DeadLetter records from the beginning of tickets.dlq."""
+        yield from self._read(self.topic("tickets.dlq"), DeadLetter.SCHEMA, DeadLetter.from_record,
+                              timeout_s, stop or (lambda: False), idle_stop=True)
+
+    def _read(self, topic: str, schema: str, build: Callable[[dict[str, Any]], Any],
+              timeout_s: float | None, done: Callable[[], bool],
+              idle_stop: bool = False) -> Iterator[Received]:
+        consumer = Consumer({
+            **self.settings.kafka_common(),
+            "group.id": f"ticketflow-reader-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        })
+        try:
+            try:
+                metadata = consumer.list_topics(topic, timeout=10)
+            except KafkaException as exc:
+                raise ServiceError(f"cannot reach Kafka: {exc}") from exc
+            partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
+            if not partitions:
+                raise ServiceError(f"topic {topic} does not exist; run `ticketflow topics apply`")
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            at_end: set[int] = set()
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while not done():
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                if idle_stop and len(at_end) == len(partitions):
+                    return
+                for message in consumer.consume(num_messages=500, timeout=0.2):
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == -191:  # _PARTITION_EOF
+                            at_end.add(message.partition())
+                        continue
+                    at_end.discard(message.partition())
+                    try:
+                        record = self.serde.decode(schema, message.value() or b"")
+                    except DecodeError:
+                        continue  # not ours to judge here; the DLQ tooling shows such records
+                    yield Received(build(record), time.time_ns() // 1_000_000)
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(30)
+
+
+def _with_created_at(ticket: TicketSubmitted) -> TicketSubmitted:
+    import dataclasses
+
+    return dataclasses.replace(ticket, created_at=time.time_ns() // 1_000_000)

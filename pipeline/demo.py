@@ -1,0 +1,204 @@
+"""`ticketflow demo`: the whole pipeline on sample tickets, with a report.
+
+Starts local services when none are configured, applies the topics, runs worker
+processes, submits tickets (banking77 sample, or ``--input CSV``), waits for every ticket to
+be resolved or dead-lettered, stops the workers and reports counts, paths and latency.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline import services
+from pipeline.admin import apply_topics
+from pipeline.client import TicketflowClient
+from pipeline.datasets import banking77_sample
+from pipeline.events import DeadLetter, TicketResolved, TicketSubmitted
+from pipeline.malformed import malformed_records
+from pipeline.settings import Settings
+
+
+@dataclass
+class DemoOptions:
+    tickets: int = 1000
+    input_csv: Path | None = None
+    workers: int = 1
+    malformed: int = 0
+    rate: float | None = None  # tickets per second; None = as fast as possible
+    timeout_s: float = 600.0
+    seed: int = 7
+    tenant: str = "demo"
+
+
+@dataclass
+class DemoReport:
+    submitted: int = 0
+    resolved: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    malformed_submitted: int = 0
+    by_path: dict[str, int] = field(default_factory=dict)
+    escalation_reasons: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    llm_calls: int = 0
+    billed_calls: int = 0
+    cost_usd: float = 0.0
+    naive_cost_usd: float | None = None
+    wall_s: float = 0.0
+    topic_prefix: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0-100) of ``values``; 0.0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def load_input(options: DemoOptions, run_id: str) -> list[TicketSubmitted]:
+    rows: list[dict[str, str]]
+    if options.input_csv is not None:
+        with options.input_csv.open(encoding="utf-8", newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r.get("text")]
+        rows = rows[: options.tickets] if options.tickets else rows
+    else:
+        rows = [{"text": q.text, "label": q.label}
+                for q in banking77_sample(options.tickets, options.seed)]
+    tickets = []
+    for i, row in enumerate(rows):
+        metadata = {"label": row["label"]} if row.get("label") else {}
+        tickets.append(TicketSubmitted(
+            ticket_id=row.get("ticket_id") or f"demo-{run_id}-{i}",
+            tenant_id=row.get("tenant_id") or options.tenant,
+            body=row["text"],
+            metadata=metadata,
+        ))
+    return tickets
+
+
+def start_workers(settings: Settings, count: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(count):
+        log = (log_dir / f"demo-worker-{i}.log").open("ab")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli.main", "--log-level", "INFO", "worker"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "TICKETFLOW_TOPIC_PREFIX": settings.topic_prefix},
+        ))
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
+    started = time.monotonic()
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    say("demo: starting services (local Kafka and Redis unless configured)...")
+    services.up(settings)
+    apply_topics(settings)
+    run_id = uuid.uuid4().hex[:8]
+    tickets = load_input(options, run_id)
+    ids = {t.ticket_id for t in tickets}
+    client = TicketflowClient(settings)
+    arrivals: dict[str, list[int]] = {}
+    created: dict[str, int] = {}
+    paths: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+
+    procs = start_workers(settings, options.workers, settings.state_dir / "logs")
+    try:
+        say(f"demo: {options.workers} worker process(es) started; submitting {len(tickets)} tickets")
+        bar = tqdm(total=len(tickets), desc="resolved", unit="ticket", file=sys.stderr)
+
+        def collect() -> None:
+            for item in client.results(expect=len(ids), ticket_ids=ids, timeout_s=options.timeout_s):
+                resolved: TicketResolved = item.event
+                first = resolved.ticket_id not in arrivals
+                arrivals.setdefault(resolved.ticket_id, []).append(item.received_at)
+                if first:
+                    created[resolved.ticket_id] = resolved.created_at
+                    paths[resolved.path] += 1
+                    if resolved.escalation_reason:
+                        reasons[resolved.escalation_reason] += 1
+                    bar.update()
+
+        reader = threading.Thread(target=collect, daemon=True)
+        reader.start()
+        _submit(client, tickets, options.rate)
+        bad = list(malformed_records(options.malformed, client.serde, run_id, int(time.time() * 1000)))
+        for record in bad:
+            client.send_raw(client.topic("tickets.ingress"), record.key, record.value)
+        client.flush()
+        reader.join()
+        bar.close()
+        # Read the egress again to its end: a duplicate could follow the last first arrival.
+        counts = Counter(r.event.ticket_id for r in client.results(ticket_ids=ids, timeout_s=None,
+                                                                   expect=None, drain=True))
+        bad_keys = {r.key.decode() for r in bad} | ids
+        letters = [r.event for r in client.dead_letters(timeout_s=30)
+                   if isinstance(r.event, DeadLetter) and r.event.key
+                   and r.event.key.decode(errors="replace") in bad_keys]
+    finally:
+        stop_workers(procs)
+
+    latencies = [float(arrivals[i][0] - created[i]) for i in arrivals]
+    lettered_ids = {d.key.decode(errors="replace") for d in letters if d.key}
+    report = DemoReport(
+        submitted=len(tickets),
+        resolved=len(counts),
+        duplicates=sum(c - 1 for c in counts.values()),
+        dead_letters=len(letters),
+        malformed_submitted=len(bad),
+        lost=len(ids - set(counts) - lettered_ids),
+        by_path=dict(paths),
+        escalation_reasons=dict(reasons),
+        latency_ms={"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+                    "p99": percentile(latencies, 99)},
+        wall_s=round(time.monotonic() - started, 1),
+        topic_prefix=settings.topic_prefix,
+    )
+    return report
+
+
+def _submit(client: TicketflowClient, tickets: list[TicketSubmitted], rate: float | None) -> None:
+    if rate is None:
+        client.submit(tickets)
+        return
+    interval = 1.0 / rate
+    next_at = time.monotonic()
+    for ticket in tickets:
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        client.submit([ticket], flush=False)
+        next_at += interval
+    client.flush()

@@ -1,0 +1,39 @@
+"""Prometheus metrics of the stream runtime, created on an injected registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# Per-record handling is sub-millisecond to tens of ms; transactions add a broker round trip.
+_HANDLE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_TXN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Batches range from 1 record (idle stream) to max_batch (500 by default).
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
+
+
+class RuntimeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter(
+            "ticketflow_records_total", "Input records handled, by outcome",
+            ["processor", "outcome"], registry=registry,
+        )
+        self.dead_letters = Counter(
+            "ticketflow_dead_letters_total", "Records written to the DLQ, by error class",
+            ["processor", "error_class"], registry=registry,
+        )
+        self.retries = Counter(
+            "ticketflow_retries_total", "Batches rewound for a retryable failure or an aborted transaction",
+            ["processor", "reason"], registry=registry,
+        )
+        self.handle_seconds = Histogram(
+            "ticketflow_handle_seconds", "Time to decode and handle one record",
+            ["processor"], buckets=_HANDLE_BUCKETS, registry=registry,
+        )
+        self.transaction_seconds = Histogram(
+            "ticketflow_transaction_seconds", "Time to commit one transaction (outputs + offsets)",
+            ["processor"], buckets=_TXN_BUCKETS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            "ticketflow_batch_records", "Records per transaction",
+            ["processor"], buckets=_BATCH_BUCKETS, registry=registry,
+        )

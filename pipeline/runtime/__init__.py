@@ -1,0 +1,1 @@
+"""The stream runtime: binds processors to Kafka with consume-transform-produce transactions."""

@@ -1,0 +1,27 @@
+"""How one processor is bound to the stream: its inputs, how to decode them, its handler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.events import Event
+from pipeline.processing import Outcome
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A processor as the runtime sees it.
+
+    ``name`` names the consumer group (one group per processor); ``inputs`` are catalog
+    topic names; records decode with ``input_schema`` (JSON too when ``allow_json``), become
+    events with ``from_record`` and go to ``handle(event, origin)``.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    input_schema: str
+    from_record: Callable[[dict[str, Any]], Event]
+    handle: Callable[[Any, str], Outcome]
+    allow_json: bool = False
