@@ -1,0 +1,40 @@
+"""Shared fixtures. Integration tiers get real Kafka and Redis, started once per session.
+
+When TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS / TICKETFLOW_REDIS_URL are set, those are used;
+otherwise the local broker and redis-server are started (and stopped again at the end if
+this session started them). A missing service fails the tests that need it: never a skip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline import services
+from pipeline.admin import apply_topics
+from pipeline.settings import REPO_ROOT, Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return load_settings(state_dir=REPO_ROOT / ".ticketflow")
+
+
+@pytest.fixture(scope="session")
+def live_services(base_settings: Settings) -> Iterator[Settings]:
+    before = {s.name: s.running for s in services.status(base_settings)}
+    services.up(base_settings)  # raises ServiceError (a test error, not a skip) when it cannot
+    yield base_settings
+    for svc in services.services(base_settings):
+        if not before.get(svc.name) and not svc.external:
+            svc.down()
+
+
+@pytest.fixture
+def settings(live_services: Settings) -> Settings:
+    """Settings with a fresh topic prefix (so consumer groups too) and its topics applied."""
+    fresh = live_services.model_copy(update={"topic_prefix": f"test-{uuid.uuid4().hex[:10]}."})
+    apply_topics(fresh)
+    return fresh

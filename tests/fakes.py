@@ -1,0 +1,19 @@
+"""In-memory stand-ins for ports, for unit tests (no services)."""
+
+from __future__ import annotations
+
+
+class FixedClock:
+    def __init__(self, now_ms: int = 1_800_000_000_000) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+class MemoryIdempotencyStore:
+    def __init__(self) -> None:
+        self.owners: dict[str, str] = {}
+
+    def claim(self, key: str, origin: str) -> bool:
+        return self.owners.setdefault(key, origin) == origin
