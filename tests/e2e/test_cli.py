@@ -1,0 +1,63 @@
+"""The command line as a user runs it: submit a CSV, read results as JSON Lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import Settings
+from tests.helpers import WorkerProcess, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+def ticketflow(settings: Settings, *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], input=stdin,
+                          capture_output=True, text=True, env=worker_env(settings), timeout=timeout)
+
+
+def test_submit_csv_and_read_results(settings: Settings, tmp_path: Path) -> None:
+    csv_file = tmp_path / "tickets.csv"
+    csv_file.write_text("text,ticket_id,tenant_id,label\n"
+                        "I am still waiting on my card?,c-1,acme,card_arrival\n"
+                        "\"My card payment was declined, why?\",c-2,acme,declined_card_payment\n"
+                        "How do I top up?,c-3,globex,top_up\n")
+    submitted = ticketflow(settings, "submit", str(csv_file))
+    assert submitted.returncode == 0, submitted.stderr
+    assert "submitted 3 tickets" in submitted.stderr
+
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        results = ticketflow(settings, "results", "--json", "--expect", "3", "--timeout", "90")
+    finally:
+        worker.stop()
+    assert results.returncode == 0, results.stderr
+    lines = [json.loads(line) for line in results.stdout.splitlines()]
+    assert sorted(r["ticket_id"] for r in lines) == ["c-1", "c-2", "c-3"]
+    assert {r["path"] for r in lines} == {"escalated"}
+    assert {r["tenant_id"] for r in lines} == {"acme", "globex"}
+    assert all(r["end_to_end_ms"] >= 0 and "intake" in r["stage_latency_ms"] for r in lines)
+
+
+def test_results_times_out_non_zero_when_fewer_arrive(settings: Settings) -> None:
+    results = ticketflow(settings, "results", "--expect", "1", "--timeout", "3")
+    assert results.returncode == 1
+    assert "only 0 of 1 tickets arrived" in results.stderr
+
+
+def test_submit_reports_a_bad_file(settings: Settings, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("body_text\nhello\n")
+    result = ticketflow(settings, "submit", str(bad))
+    assert result.returncode == 2 and "needs a header with a 'text' column" in result.stderr
+
+
+def test_help_shows_environment_and_defaults(settings: Settings) -> None:
+    main_help = ticketflow(settings, "--help")
+    assert "TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS" in main_help.stdout
+    demo_help = ticketflow(settings, "demo", "--help")
+    assert "default: 1000" in demo_help.stdout
