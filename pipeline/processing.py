@@ -58,3 +58,7 @@ class IdempotencyStore(Protocol):
     """
 
     def claim(self, key: str, origin: str) -> bool: ...
+
+    def claim_many(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
+        """``claim`` for each (key, origin) pair, in one round trip where the store can."""
+        ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.events import TicketSubmitted
@@ -46,19 +47,25 @@ class Intake:
         self.clock = clock
         self.limits = limits
         self.key_prefix = key_prefix
+        self._claims: dict[tuple[str, str], bool] = {}
+
+    def prepare(self, batch: Sequence[tuple[TicketSubmitted, str]]) -> None:
+        """Claim the ids of a batch's valid tickets in one round trip before ``handle``."""
+        pairs = [(self._key(t), origin) for t, origin in batch if not isinstance(self._checked(t), Failure)]
+        self._claims = dict(zip(pairs, self.idempotency.claim_many(pairs), strict=True)) if pairs else {}
 
     def handle(self, ticket: TicketSubmitted, origin: str) -> Outcome:
-        problem = self._problem(ticket)
-        if problem is not None:
-            return Failure("InvalidTicket", problem)
-        body = normalise(ticket.body)
-        if not body:
-            return Failure("InvalidTicket", "body is empty after normalisation")
-        subject = normalise(ticket.subject) if ticket.subject else None
-        now = self.clock.now_ms()
-        key = f"{self.key_prefix}idem:{ticket.tenant_id}:{ticket.ticket_id}:{ticket.replay_tag or ''}"
-        if not self.idempotency.claim(key, origin):
+        checked = self._checked(ticket)
+        if isinstance(checked, Failure):
+            return checked
+        body, subject = checked
+        key = self._key(ticket)
+        claimed = self._claims.pop((key, origin), None)
+        if claimed is None:
+            claimed = self.idempotency.claim(key, origin)
+        if not claimed:
             return Emit((), note="duplicate")
+        now = self.clock.now_ms()
         text = f"{subject}\n{body}" if subject else body
         accepted = dataclasses.replace(
             ticket,
@@ -69,6 +76,19 @@ class Intake:
             stage_times={**ticket.stage_times, "intake": now},
         )
         return Emit((Output("tickets.accepted", ticket.ticket_id, accepted),))
+
+    def _key(self, ticket: TicketSubmitted) -> str:
+        return f"{self.key_prefix}idem:{ticket.tenant_id}:{ticket.ticket_id}:{ticket.replay_tag or ''}"
+
+    def _checked(self, ticket: TicketSubmitted) -> Failure | tuple[str, str | None]:
+        """The normalised body and subject, or why the ticket is invalid."""
+        problem = self._problem(ticket)
+        if problem is not None:
+            return Failure("InvalidTicket", problem)
+        body = normalise(ticket.body)
+        if not body:
+            return Failure("InvalidTicket", "body is empty after normalisation")
+        return body, normalise(ticket.subject) if ticket.subject else None
 
     def _problem(self, ticket: TicketSubmitted) -> str | None:
         if not TICKET_ID.fullmatch(ticket.ticket_id):

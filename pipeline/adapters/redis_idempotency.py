@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis
 
 from pipeline.errors import TransientError
@@ -31,7 +33,14 @@ class RedisIdempotencyStore:
         self._ttl_s = ttl_s
 
     def claim(self, key: str, origin: str) -> bool:
+        return self.claim_many([(key, origin)])[0]
+
+    def claim_many(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
+        """One pipelined round trip for a whole batch (each claim stays atomic)."""
         try:
-            return bool(self._script(keys=[key], args=[origin, self._ttl_s]))
+            pipe = self._client.pipeline(transaction=False)
+            for key, origin in claims:
+                self._script(keys=[key], args=[origin, self._ttl_s], client=pipe)
+            return [bool(result) for result in pipe.execute()]
         except redis.RedisError as exc:
             raise TransientError(f"redis idempotency claim failed: {exc}") from exc

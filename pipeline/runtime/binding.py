@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,3 +25,6 @@ class Binding:
     from_record: Callable[[dict[str, Any]], Event]
     handle: Callable[[Any, str], Outcome]
     allow_json: bool = False
+    #: Called with a batch's decoded (event, origin) pairs before ``handle`` runs on each,
+    #: so a processor can batch its port calls (one round trip instead of one per record).
+    prepare: Callable[[Sequence[tuple[Any, str]]], None] | None = None

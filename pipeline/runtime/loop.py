@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -135,16 +135,19 @@ class TransactionalLoop:
         self._commit(records[:handled])
 
     def _handle_all(self, records: Sequence[Message]) -> int:
-        for index, message in enumerate(records):
+        decoded = [self._decode(message) for message in records]
+        if self.binding.prepare is not None:
+            ready = [d for d in decoded if not isinstance(d, Failure)]
+            if ready:
+                prepared = self._call(lambda: self.binding.prepare(ready), "prepare")  # type: ignore[misc]
+                if isinstance(prepared, Failure) and prepared.retryable:
+                    self._retry_or_give_up(0, records[0], prepared)
+        for index, (message, item) in enumerate(zip(records, decoded, strict=True)):
             started = time.perf_counter()
-            outcome = self._outcome(message)
+            outcome = item if isinstance(item, Failure) else self._call(
+                lambda item=item: self.binding.handle(*item), item[1])
             if isinstance(outcome, Failure) and outcome.retryable:
-                attempt = self._attempt(message)
-                if attempt <= self.settings.max_retries:
-                    log.warning("%s: retryable %s at %s/%d/%d (attempt %d): %s", self.binding.name,
-                                outcome.error_class, message.topic(), message.partition(),
-                                message.offset(), attempt, outcome.message)
-                    raise _Rewind(index, "retryable_failure")
+                self._retry_or_give_up(index, message, outcome)
             if isinstance(outcome, Failure):
                 self._dead_letter(message, outcome)
             else:
@@ -153,7 +156,16 @@ class TransactionalLoop:
             self.metrics.handle_seconds.labels(self.binding.name).observe(time.perf_counter() - started)
         return len(records)
 
-    def _outcome(self, message: Message) -> Outcome:
+    def _retry_or_give_up(self, index: int, message: Message, failure: Failure) -> None:
+        """Raise _Rewind while attempts remain; return to dead-letter the record after that."""
+        attempt = self._attempt(message)
+        if attempt <= self.settings.max_retries:
+            log.warning("%s: retryable %s at %s/%d/%d (attempt %d): %s", self.binding.name,
+                        failure.error_class, message.topic(), message.partition(),
+                        message.offset(), attempt, failure.message)
+            raise _Rewind(index, "retryable_failure")
+
+    def _decode(self, message: Message) -> Failure | tuple[Any, str]:
         value = message.value()
         if value is None:
             return Failure("DecodeError", "record has no value (tombstone)")
@@ -164,13 +176,15 @@ class TransactionalLoop:
             return Failure(type(exc).__name__, str(exc), retryable=exc.retryable)
         except (TypeError, ValueError) as exc:
             return Failure("DecodeError", f"record does not form a valid event: {exc}")
-        origin = f"{message.topic()}/{message.partition()}/{message.offset()}"
+        return event, f"{message.topic()}/{message.partition()}/{message.offset()}"
+
+    def _call(self, handler: Callable[[], Outcome | None], where: str) -> Outcome | None:
         try:
-            return self.binding.handle(event, origin)
+            return handler()
         except TicketflowError as exc:
             return Failure(type(exc).__name__, str(exc), retryable=exc.retryable)
         except Exception as exc:  # a bug in a processor must not stop the stream
-            log.exception("%s: handler raised on %s", self.binding.name, origin)
+            log.exception("%s: processor raised at %s", self.binding.name, where)
             return Failure(type(exc).__name__, f"processor error: {exc}")
 
     def _emit(self, message: Message, outcome: Emit) -> None:

@@ -30,7 +30,8 @@ def _intake(settings: Settings) -> Binding:
         key_prefix=f"ticketflow:{settings.topic_prefix}",
     )
     return Binding(processor.name, ("tickets.ingress",), "TicketSubmitted",
-                   TicketSubmitted.from_record, processor.handle, allow_json=True)
+                   TicketSubmitted.from_record, processor.handle, allow_json=True,
+                   prepare=processor.prepare)
 
 
 def _router(settings: Settings) -> Binding:

@@ -76,3 +76,17 @@ def test_duplicate_ticket_id_is_dropped_but_a_replay_of_the_same_record_is_not(i
 def test_normalise() -> None:
     assert normalise("a\u0301  b") == "\u00e1 b"  # NFC
     assert normalise("\t x \r\n\r\n\r\n\r\n y ") == "x\n\ny"
+
+
+def test_prepare_claims_a_batch_in_one_round_trip() -> None:
+    store = MemoryIdempotencyStore()
+    intake = Intake(store, FixedClock(), IntakeLimits())
+    batch = [(ticket(ticket_id=f"t-{i}"), f"o{i}") for i in range(5)]
+    batch.append((ticket(ticket_id="t-0"), "o9"))  # same id again in the same batch
+    batch.append((ticket(tenant_id=""), "o10"))  # invalid: must not be claimed
+    intake.prepare(batch)
+    outcomes = [intake.handle(t, origin) for t, origin in batch]
+    assert store.round_trips == 1
+    assert [len(o.outputs) for o in outcomes[:6] if isinstance(o, Emit)] == [1, 1, 1, 1, 1, 0]
+    assert isinstance(outcomes[6], Failure)
+    assert "acme" in "".join(store.owners) and len(store.owners) == 5
