@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from pipeline.errors import DecodeError, ServiceError
 from pipeline.events import DeadLetter, TicketResolved, TicketSubmitted, to_record
@@ -155,10 +155,10 @@ class TicketflowClient:
                 for message in consumer.consume(num_messages=500, timeout=0.01):
                     error = message.error()
                     if error is not None:
-                        if error.code() == -191:  # _PARTITION_EOF
-                            at_end.add(message.partition())
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            at_end.add(message.partition() or 0)
                         continue
-                    at_end.discard(message.partition())
+                    at_end.discard(message.partition() or 0)
                     try:
                         record = self.serde.decode(schema, message.value() or b"")
                     except DecodeError:

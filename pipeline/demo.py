@@ -119,9 +119,12 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.kill()
 
 
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     started = time.monotonic()
-    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     say("demo: starting services (local Kafka and Redis unless configured)...")
     services.up(settings)
     apply_topics(settings)

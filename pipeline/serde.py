@@ -116,7 +116,7 @@ class ConfluentSchemaRegistry:
     def schema_for(self, schema_id: int) -> dict[str, Any]:
         if schema_id not in self._schemas:
             fetched = self._client.get_schema(schema_id)
-            self._schemas[schema_id] = json.loads(fetched.schema_str)
+            self._schemas[schema_id] = json.loads(fetched.schema_str or "{}")
         return self._schemas[schema_id]
 
 

@@ -67,7 +67,7 @@ def _ticket(row: dict[str, Any], line: int, lane: str | None) -> TicketSubmitted
         customer_id=row.get("customer_id"),
         subject=row.get("subject"),
         body=body,
-        lane=chosen_lane,  # type: ignore[arg-type]
+        lane=chosen_lane,
         channel=str(row.get("channel", "api")),
         locale=str(row.get("locale", "en")),
         priority=priority,

@@ -27,7 +27,7 @@ class RedisIdempotencyStore:
     reused after that.
     """
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis[bytes], ttl_s: int) -> None:
         self._client = client
         self._script = client.register_script(_CLAIM)
         self._ttl_s = ttl_s

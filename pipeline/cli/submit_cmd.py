@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     client = TicketflowClient(settings)
-    stream = sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")
+    stream = sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")  # noqa: SIM115
     with stream, tqdm(desc="submitted", unit="ticket", file=sys.stderr) as bar:
         count = client.submit(read_tickets(stream, args.lane), on_sent=lambda _t: bar.update())
     print(f"submitted {count} tickets to {client.topic('tickets.ingress')}", file=sys.stderr)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -136,16 +136,14 @@ class TransactionalLoop:
 
     def _handle_all(self, records: Sequence[Message]) -> int:
         decoded = [self._decode(message) for message in records]
-        if self.binding.prepare is not None:
-            ready = [d for d in decoded if not isinstance(d, Failure)]
-            if ready:
-                prepared = self._call(lambda: self.binding.prepare(ready), "prepare")  # type: ignore[misc]
-                if isinstance(prepared, Failure) and prepared.retryable:
-                    self._retry_or_give_up(0, records[0], prepared)
+        ready = [d for d in decoded if not isinstance(d, Failure)]
+        if self.binding.prepare is not None and ready:
+            prepared = self._prepare(ready)
+            if prepared is not None and prepared.retryable:
+                self._retry_or_give_up(0, records[0], prepared)
         for index, (message, item) in enumerate(zip(records, decoded, strict=True)):
             started = time.perf_counter()
-            outcome = item if isinstance(item, Failure) else self._call(
-                lambda item=item: self.binding.handle(*item), item[1])
+            outcome = item if isinstance(item, Failure) else self._handle_one(*item)
             if isinstance(outcome, Failure) and outcome.retryable:
                 self._retry_or_give_up(index, message, outcome)
             if isinstance(outcome, Failure):
@@ -176,16 +174,29 @@ class TransactionalLoop:
             return Failure(type(exc).__name__, str(exc), retryable=exc.retryable)
         except (TypeError, ValueError) as exc:
             return Failure("DecodeError", f"record does not form a valid event: {exc}")
-        return event, f"{message.topic()}/{message.partition()}/{message.offset()}"
+        topic, partition, offset = _position(message)
+        return event, f"{topic}/{partition}/{offset}"
 
-    def _call(self, handler: Callable[[], Outcome | None], where: str) -> Outcome | None:
+    def _handle_one(self, event: Any, origin: str) -> Outcome:
         try:
-            return handler()
-        except TicketflowError as exc:
+            return self.binding.handle(event, origin)
+        except Exception as exc:
+            return self._as_failure(exc, origin)
+
+    def _prepare(self, ready: list[tuple[Any, str]]) -> Failure | None:
+        assert self.binding.prepare is not None
+        try:
+            self.binding.prepare(ready)
+        except Exception as exc:
+            return self._as_failure(exc, "prepare")
+        return None
+
+    def _as_failure(self, exc: Exception, where: str) -> Failure:
+        if isinstance(exc, TicketflowError):
             return Failure(type(exc).__name__, str(exc), retryable=exc.retryable)
-        except Exception as exc:  # a bug in a processor must not stop the stream
-            log.exception("%s: processor raised at %s", self.binding.name, where)
-            return Failure(type(exc).__name__, f"processor error: {exc}")
+        # A bug in a processor must not stop the stream: dead-letter the record, log the trace.
+        log.error("%s: processor raised at %s", self.binding.name, where, exc_info=exc)
+        return Failure(type(exc).__name__, f"processor error: {exc}")
 
     def _emit(self, message: Message, outcome: Emit) -> None:
         self.metrics.records.labels(self.binding.name, outcome.note or "emitted").inc()
@@ -204,12 +215,13 @@ class TransactionalLoop:
     def _dead_letter(self, message: Message, failure: Failure) -> None:
         self.metrics.records.labels(self.binding.name, "dead_letter").inc()
         self.metrics.dead_letters.labels(self.binding.name, failure.error_class).inc()
-        log.warning("%s: dead letter for %s/%d/%d: %s: %s", self.binding.name, message.topic(),
-                    message.partition(), message.offset(), failure.error_class, failure.message[:300])
+        topic, partition, offset = _position(message)
+        log.warning("%s: dead letter for %s/%d/%d: %s: %s", self.binding.name, topic, partition,
+                    offset, failure.error_class, failure.message[:300])
         letter = DeadLetter(
-            source_topic=message.topic(),
-            source_partition=message.partition(),
-            source_offset=message.offset(),
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
             processor=self.binding.name,
             error_class=failure.error_class,
             error_message=failure.message[:4000],
@@ -217,7 +229,7 @@ class TransactionalLoop:
             attempt=self._attempts.get(_position(message), 1),
             key=message.key(),
             value=message.value(),
-            headers={k: (v or b"") for k, v in (message.headers() or [])},
+            headers=_headers(message),
             failed_at=time.time_ns() // 1_000_000,
         )
         value = self.serde.encode(DeadLetter.SCHEMA, to_record(letter), self.dlq_topic)
@@ -239,7 +251,8 @@ class TransactionalLoop:
             return
         offsets: dict[tuple[str, int], int] = {}
         for message in records:
-            offsets[(message.topic(), message.partition())] = message.offset() + 1
+            topic, partition, offset = _position(message)
+            offsets[(topic, partition)] = offset + 1
         started = time.perf_counter()
         try:
             self.producer.send_offsets_to_transaction(
@@ -276,7 +289,8 @@ class TransactionalLoop:
     def _seek_to_first(self, records: Sequence[Message]) -> None:
         first: dict[tuple[str, int], int] = {}
         for message in records:
-            first.setdefault((message.topic(), message.partition()), message.offset())
+            topic, partition, offset = _position(message)
+            first.setdefault((topic, partition), offset)
         for (topic, partition), offset in first.items():
             try:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
@@ -291,8 +305,16 @@ class TransactionalLoop:
 
     def _backoff_s(self, message: Message) -> float:
         attempt = self._attempts.get(_position(message), 1)
-        return min(10.0, self.settings.retry_backoff_ms / 1000 * 2 ** (attempt - 1))
+        return float(min(10.0, self.settings.retry_backoff_ms / 1000 * 2 ** (attempt - 1)))
 
 
 def _position(message: Message) -> tuple[str, int, int]:
-    return (message.topic(), message.partition(), message.offset())
+    """(topic, partition, offset) of a consumed record (never None for a record without error)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def _headers(message: Message) -> dict[str, bytes]:
+    headers: list[tuple[str, bytes | str | None]] = list(message.headers() or [])  # type: ignore[arg-type]
+    return {name: (value.encode() if isinstance(value, str) else value or b"") for name, value in headers}

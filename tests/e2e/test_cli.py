@@ -15,7 +15,8 @@ from tests.helpers import WorkerProcess, worker_env
 pytestmark = pytest.mark.integration
 
 
-def ticketflow(settings: Settings, *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def ticketflow(settings: Settings, *args: str, stdin: str | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], input=stdin,
                           capture_output=True, text=True, env=worker_env(settings), timeout=timeout)
 

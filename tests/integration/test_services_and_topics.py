@@ -5,13 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline import services
 from pipeline.admin import apply_topics
 from pipeline.settings import Settings
 from topics.catalog import CATALOG
-
 
 pytestmark = pytest.mark.integration
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ ARCHITECTURE_EVENTS = {"TicketSubmitted", "TicketResolved", "UsageRecord", "Dead
 
 def backward_compatible(new: dict[str, Any], old: dict[str, Any]) -> bool:
     """Can a reader with ``new`` read data written with ``old``? (the avro package's checker)"""
-    result = ReaderWriterCompatibilityChecker().get_compatibility(
+    result = ReaderWriterCompatibilityChecker().get_compatibility(  # type: ignore[no-untyped-call]
         avro_parse(json.dumps(new)), avro_parse(json.dumps(old)))
     return bool(result.compatibility is SchemaCompatibilityType.compatible)
 
@@ -38,14 +39,14 @@ def test_every_event_of_the_architecture_has_a_schema() -> None:
 @pytest.mark.parametrize("path", schema_files(), ids=lambda p: p.name)
 def test_schema_parses_with_both_libraries(path: Path) -> None:
     raw = json.loads(path.read_text())
-    assert avro_parse(json.dumps(raw)).name == raw["name"]
+    assert avro_parse(json.dumps(raw)).name == raw["name"]  # type: ignore[attr-defined]
     assert SchemaCatalog.load([path]).latest(raw["name"]).fingerprint
 
 
 def test_each_version_reads_data_of_the_previous_one() -> None:
     catalog = SchemaCatalog.load()
     pairs = [(older, newer) for versions in catalog.by_name.values()
-             for older, newer in zip(versions, versions[1:], strict=False)]
+             for older, newer in itertools.pairwise(versions)]
     for older, newer in pairs:
         assert backward_compatible(newer.raw, older.raw), f"{newer.name} v{newer.version} breaks v{older.version}"
     # Versions must be numbered 1..n without gaps, so that "previous" is well defined.
