@@ -24,7 +24,7 @@ EPILOG = """environment (defaults in brackets):
   TICKETFLOW_SCHEMA_REGISTRY_URL      Confluent framing with schema ids [Avro single-object]
   TICKETFLOW_TOPIC_PREFIX             prefix of every topic and consumer group [none]
   TICKETFLOW_STATE_DIR                local service data, logs, worker slots [.ticketflow]
-  TICKETFLOW_COMMIT_INTERVAL_MS       max time to gather one transaction's batch [100]
+  TICKETFLOW_COMMIT_INTERVAL_MS       max time to gather one transaction's batch [50]
   TICKETFLOW_MAX_BODY_BYTES           ticket body limit [65536]
   TICKETFLOW_CONFIG                   TOML file with the same settings (lower case names)
 """
