@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import services
-from pipeline.admin import apply_topics
+from pipeline.admin import apply_topics, delete_topics
 from pipeline.client import TicketflowClient
 from pipeline.datasets import banking77_sample
 from pipeline.demo import percentile
@@ -162,8 +162,12 @@ def main() -> int:
         runs = []
         for run in range(args.repeat):
             print(f"commit interval {interval} ms, run {run + 1}/{args.repeat}", file=sys.stderr)
-            tp = throughput(fresh(settings, interval), args.tickets, args.out)
-            lat = latency(fresh(settings, interval), args.rate, args.seconds, args.out)
+            run_settings = fresh(settings, interval)
+            tp = throughput(run_settings, args.tickets, args.out)
+            delete_topics(run_settings)
+            run_settings = fresh(settings, interval)
+            lat = latency(run_settings, args.rate, args.seconds, args.out)
+            delete_topics(run_settings)
             runs.append({"throughput": tp, "latency": lat})
             print(json.dumps(runs[-1]), file=sys.stderr)
         results.append({"commit_interval_ms": interval, **median_run(runs), "runs": runs})

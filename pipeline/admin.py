@@ -67,3 +67,16 @@ def _check(admin: AdminClient, spec: TopicSpec, name: str, partitions: int, sett
         if actual != wanted:
             drift.append(f"{key}={actual}, catalog says {wanted}")
     return TopicReport(name, "drift" if drift else "ok", drift)
+
+
+def delete_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Delete every catalog topic under ``settings.topic_prefix`` that exists (tests, benchmarks)."""
+    if not settings.topic_prefix:
+        raise ServiceError("refusing to delete topics without a topic prefix")
+    admin = AdminClient(settings.kafka_common())
+    existing = admin.list_topics(timeout=timeout_s).topics
+    names = [n for n in (topic_name(settings.topic_prefix, s.name) for s in CATALOG) if n in existing]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=timeout_s).values():
+            future.result()
+    return names

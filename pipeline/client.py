@@ -76,7 +76,8 @@ class TicketflowClient:
             self.flush()
         return count
 
-    def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def send_raw(self, topic: str, key: bytes | None, value: bytes,
+                 headers: dict[str, bytes] | None = None) -> None:
         """Produce bytes as they are (for JSON input, redrives and tests of bad input)."""
         errors: list[str] = []
 
@@ -86,7 +87,8 @@ class TicketflowClient:
 
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=_delivered)
+                self.producer.produce(topic, value=value, key=key, on_delivery=_delivered,
+                                      headers=headers or {})
                 break
             except BufferError:
                 self.producer.poll(0.05)

@@ -126,7 +126,7 @@ def say(message: str) -> None:
 def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     started = time.monotonic()
     say("demo: starting services (local Kafka and Redis unless configured)...")
-    services.up(settings)
+    services.up(settings, adopt=True)
     apply_topics(settings)
     run_id = uuid.uuid4().hex[:8]
     tickets = load_input(options, run_id)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline import services
-from pipeline.admin import apply_topics
+from pipeline.admin import apply_topics, delete_topics
 from pipeline.settings import REPO_ROOT, Settings, load_settings
 
 
@@ -24,17 +24,21 @@ def base_settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def live_services(base_settings: Settings) -> Iterator[Settings]:
-    before = {s.name: s.running for s in services.status(base_settings)}
-    services.up(base_settings)  # raises ServiceError (a test error, not a skip) when it cannot
+    ours_before = {s.name for s in services.status(base_settings) if s.running and s.managed}
+    # Raises ServiceError (a test error, not a skip) when a service cannot be had. A service
+    # already answering on the local port (another checkout's) is adopted, not fought over.
+    ours_now = {s.name for s in services.up(base_settings, adopt=True) if s.managed}
     yield base_settings
     for svc in services.services(base_settings):
-        if not before.get(svc.name) and not svc.external:
+        if svc.name in ours_now - ours_before:
             svc.down()
 
 
 @pytest.fixture
-def settings(live_services: Settings) -> Settings:
-    """Settings with a fresh topic prefix (so consumer groups too) and its topics applied."""
+def settings(live_services: Settings) -> Iterator[Settings]:
+    """Settings with a fresh topic prefix (so consumer groups too) and its topics applied;
+    the topics are deleted afterwards, so partitions do not pile up on the broker."""
     fresh = live_services.model_copy(update={"topic_prefix": f"test-{uuid.uuid4().hex[:10]}."})
     apply_topics(fresh)
-    return fresh
+    yield fresh
+    delete_topics(fresh)

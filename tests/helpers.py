@@ -34,12 +34,14 @@ class WorkerProcess:
         self.log_path = log_path
         self.processors = processors
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_env: dict[str, str] = {}
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli.main", "--log-level", "INFO", "worker", *self.processors],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=worker_env(self.settings),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**worker_env(self.settings), **self.extra_env},
         )
         return self
 

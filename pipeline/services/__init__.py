@@ -26,9 +26,13 @@ def services(settings: Settings) -> tuple[KafkaBroker, RedisServer]:
     return KafkaBroker(settings), RedisServer(settings)
 
 
-def up(settings: Settings) -> list[ServiceStatus]:
-    """Start what is not configured externally and not yet running; wait until it answers."""
-    return [svc.up() for svc in services(settings)]
+def up(settings: Settings, adopt: bool = False) -> list[ServiceStatus]:
+    """Start what is not configured externally and not yet running; wait until it answers.
+
+    With ``adopt``, a service that already answers at the local address but was not started
+    from this state directory is used as it is (the test session does this).
+    """
+    return [svc.up(adopt) for svc in services(settings)]
 
 
 def down(settings: Settings) -> list[ServiceStatus]:

@@ -54,10 +54,15 @@ class KafkaBroker:
             ok = self._answers(timeout_s=5)
             return ServiceStatus(self.name, False, ok, address, "external")
         pid = read_pid(self.pid_file)
-        ok = pid is not None and self._answers(timeout_s=3)
-        return ServiceStatus(self.name, True, ok, address, f"pid {pid}" if pid else "stopped")
+        if pid is None:
+            if self._answers(timeout_s=2):
+                return ServiceStatus(self.name, False, True, address, "not started from this state directory")
+            return ServiceStatus(self.name, True, False, address, "stopped")
+        return ServiceStatus(self.name, True, self._answers(timeout_s=3), address, f"pid {pid}")
 
-    def up(self) -> ServiceStatus:
+    def up(self, adopt: bool = False) -> ServiceStatus:
+        """Start the broker unless it runs; ``adopt`` uses a broker that already answers
+        at the local address (another checkout's) instead of refusing to start."""
         if self.external:
             current = self.status()
             if not current.running:
@@ -66,6 +71,8 @@ class KafkaBroker:
         pid = read_pid(self.pid_file)
         if pid is None:
             if self._answers(timeout_s=2):
+                if adopt:
+                    return self.status()
                 raise ServiceError(
                     f"something else already listens on {self.settings.bootstrap_servers()}; "
                     "set TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS to use it, or free the port"

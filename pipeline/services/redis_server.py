@@ -38,10 +38,14 @@ class RedisServer:
         if self.external:
             return ServiceStatus(self.name, False, self._answers(), address, "external")
         pid = read_pid(self.pid_file)
-        ok = pid is not None and self._answers()
-        return ServiceStatus(self.name, True, ok, address, f"pid {pid}" if pid else "stopped")
+        if pid is None:
+            if self._answers():
+                return ServiceStatus(self.name, False, True, address, "not started from this state directory")
+            return ServiceStatus(self.name, True, False, address, "stopped")
+        return ServiceStatus(self.name, True, self._answers(), address, f"pid {pid}")
 
-    def up(self) -> ServiceStatus:
+    def up(self, adopt: bool = False) -> ServiceStatus:
+        """Start Redis unless it runs; ``adopt`` uses a Redis already answering locally."""
         if self.external:
             current = self.status()
             if not current.running:
@@ -49,6 +53,8 @@ class RedisServer:
             return current
         if read_pid(self.pid_file) is None:
             if self._answers():
+                if adopt:
+                    return self.status()
                 raise ServiceError(
                     f"something else already listens on {self.settings.redis_location()}; "
                     "set TICKETFLOW_REDIS_URL to use it, or free the port"

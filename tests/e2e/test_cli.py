@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,37 @@ def test_help_shows_environment_and_defaults(settings: Settings) -> None:
     assert "TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS" in main_help.stdout
     demo_help = ticketflow(settings, "demo", "--help")
     assert "default: 1000" in demo_help.stdout
+
+
+def test_dead_letter_redriven_after_a_fix_is_answered_once(settings: Settings, tmp_path: Path) -> None:
+    body = "my card was declined " + "and again " * 8000  # ~80 KiB: over the default 64 KiB
+    jsonl = tmp_path / "big.jsonl"
+    jsonl.write_text(json.dumps({"ticket_id": "big-1", "tenant_id": "acme", "body": body}) + "\n")
+    assert ticketflow(settings, "submit", str(jsonl)).returncode == 0
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        listed = {}
+        for _ in range(60):
+            listed = json.loads(ticketflow(settings, "dlq", "list", "--json").stdout)
+            if listed["count"]:
+                break
+            time.sleep(1)
+    finally:
+        worker.stop()
+    assert listed["count"] == 1 and listed["by_error_class"] == {"InvalidTicket": 1}
+    assert "over the limit of 65536" in listed["dead_letters"][0]["error_message"]
+
+    # The fix: a larger body limit. Then redrive, twice: the second run sends nothing.
+    fixed = settings.model_copy(update={"max_body_bytes": 256 * 1024})
+    first = json.loads(ticketflow(fixed, "dlq", "redrive", "--json").stdout)
+    second = json.loads(ticketflow(fixed, "dlq", "redrive", "--json").stdout)
+    assert (first["redriven"], second["redriven"], second["already_redriven"]) == (1, 0, 1)
+    env_worker = WorkerProcess(fixed, tmp_path / "worker2.log", "intake", "router")
+    env_worker.extra_env = {"TICKETFLOW_MAX_BODY_BYTES": str(256 * 1024)}
+    env_worker.start()
+    try:
+        results = ticketflow(fixed, "results", "--json", "--expect", "1", "--timeout", "90")
+    finally:
+        env_worker.stop()
+    [line] = results.stdout.splitlines()
+    assert json.loads(line)["ticket_id"] == "big-1"

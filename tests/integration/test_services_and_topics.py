@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline import services
-from pipeline.admin import apply_topics
+from pipeline.admin import apply_topics, delete_topics
 from pipeline.settings import Settings
 from topics.catalog import CATALOG
 
@@ -40,3 +40,4 @@ def test_apply_creates_then_reports_ok_and_drift(live_services: Settings) -> Non
     ingress = f"{settings.topic_prefix}tickets.ingress"
     metadata = admin.list_topics(ingress, timeout=10)
     assert len(metadata.topics[ingress].partitions) == settings.topic_partitions
+    assert len(delete_topics(settings)) == len(CATALOG)
