@@ -132,8 +132,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
         return False
     intervals = [r["commit_interval_ms"] for r in results]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(intervals, [r["throughput"]["tickets_per_s"] for r in results], "o-")
-    left.set(xlabel="commit interval (ms)", ylabel="tickets/s (one worker)", title="Throughput")
+    medians = [r["throughput"]["tickets_per_s"] for r in results]
+    lows = [m - min(run["throughput"]["tickets_per_s"] for run in r["runs"]) for m, r in zip(medians, results, strict=True)]
+    highs = [max(run["throughput"]["tickets_per_s"] for run in r["runs"]) - m for m, r in zip(medians, results, strict=True)]
+    left.errorbar(intervals, medians, yerr=[lows, highs], fmt="o-", capsize=4, label="median, min-max of runs")
+    left.axhline(2000, color="grey", linestyle="--", label="target")
+    left.set_ylim(bottom=0)
+    left.set(xlabel="commit interval (ms)", ylabel="tickets/s (one worker)", title="Throughput, intake + router")
+    left.legend()
     for q in ("p50", "p95", "p99"):
         right.plot(intervals, [r["latency"]["e2e_ms"][q] for r in results], "o-", label=q)
     right.axhline(300, color="grey", linestyle="--", label="p99 target")
@@ -153,7 +159,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of the latency run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per interval; the median is reported")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--plot-only", type=Path, default=None, help="re-plot an earlier JSON result")
     args = parser.parse_args()
+    if args.plot_only is not None:
+        plot(json.loads(args.plot_only.read_text())["results"], args.plot_only.with_suffix(".png"))
+        return 0
     settings = load_settings()
     services.up(settings)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -55,9 +55,9 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="", description="TICKETFLOW_TOPIC_PREFIX: prepended to every topic and group.")
     topic_partitions: int = Field(default=6, ge=1)
     topic_replication_factor: int = Field(default=1, ge=1)
-    # Max time a record waits for its batch's transaction. 25 ms gave ~110 ms p99 end to end
-    # at 200 tickets/s in every benchmark run (300 ms target; 50 ms and more showed 300-700 ms
-    # tails), and under load batches still fill to max_batch (bench/pipeline_bench.py).
+    # Max time a record waits for its batch's transaction. 25 ms gave ~100 ms p99 end to end
+    # over two hops at 200 tickets/s (300 ms target) while under load batches still fill to
+    # max_batch; shorter intervals cost a transaction every few records (bench/pipeline_bench.py).
     commit_interval_ms: int = Field(default=25, ge=1)
     max_batch: int = Field(default=500, ge=1)
     # A killed worker's open transaction blocks read_committed readers until it is aborted:

@@ -124,7 +124,9 @@ class TransactionalLoop:
         try:
             handled = self._handle_all(records)
         except _Rewind as rewind:
-            self._commit(records[: rewind.index])
+            if not self._commit(records[: rewind.index]):
+                self._seek_to_first(records)  # the prefix was aborted too: redo the whole batch
+                return
             self._seek_to_first(records[rewind.index:])
             self.metrics.retries.labels(self.binding.name, rewind.reason).inc()
             time.sleep(self._backoff_s(records[rewind.index]))
@@ -245,10 +247,11 @@ class TransactionalLoop:
 
     # -- transactions --------------------------------------------------------------------
 
-    def _commit(self, records: Sequence[Message]) -> None:
+    def _commit(self, records: Sequence[Message]) -> bool:
+        """Commit the open transaction with these records' offsets; False if it was aborted."""
         if not records:
             self.producer.abort_transaction()
-            return
+            return True
         offsets: dict[tuple[str, int], int] = {}
         for message in records:
             topic, partition, offset = _position(message)
@@ -266,10 +269,11 @@ class TransactionalLoop:
                 log.warning("%s: transaction aborted (%s); rewinding %d records",
                             self.binding.name, error, len(records))
                 self._abort_and_rewind(records, "transaction_aborted")
-                return
+                return False
             raise
         self.metrics.transaction_seconds.labels(self.binding.name).observe(time.perf_counter() - started)
         self.metrics.batch_size.labels(self.binding.name).observe(len(records))
+        return True
 
     def _commit_with_retry(self) -> None:
         while True:
