@@ -118,6 +118,8 @@ def main() -> int:
         "extra_copies": sum(c - 1 for c in counts.values()),
         "topic_prefix": prefix,
     }
+    for future in admin.delete_topics([f"{prefix}in", f"{prefix}out"]).values():
+        future.result(30)
     print(json.dumps(report))
     (args.logs / "faust_eos_probe.json").write_text(json.dumps(report, indent=2) + "\n")
     return 0 if report["lost"] == 0 and report["duplicated_keys"] == 0 else 1
