@@ -133,8 +133,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
     intervals = [r["commit_interval_ms"] for r in results]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     medians = [r["throughput"]["tickets_per_s"] for r in results]
-    lows = [m - min(run["throughput"]["tickets_per_s"] for run in r["runs"]) for m, r in zip(medians, results, strict=True)]
-    highs = [max(run["throughput"]["tickets_per_s"] for run in r["runs"]) - m for m, r in zip(medians, results, strict=True)]
+    spans = [[run["throughput"]["tickets_per_s"] for run in r["runs"]] for r in results]
+    lows = [m - min(span) for m, span in zip(medians, spans, strict=True)]
+    highs = [max(span) - m for m, span in zip(medians, spans, strict=True)]
     left.errorbar(intervals, medians, yerr=[lows, highs], fmt="o-", capsize=4, label="median, min-max of runs")
     left.axhline(2000, color="grey", linestyle="--", label="target")
     left.set_ylim(bottom=0)
