@@ -26,6 +26,7 @@ from pipeline import services
 from pipeline.admin import apply_topics
 from pipeline.client import TicketflowClient
 from pipeline.datasets import banking77_sample
+from pipeline.errors import ServiceError
 from pipeline.events import DeadLetter, TicketResolved, TicketSubmitted
 from pipeline.malformed import malformed_records
 from pipeline.settings import Settings
@@ -139,7 +140,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
 
     procs = start_workers(settings, options.workers, settings.state_dir / "logs")
     try:
-        say(f"demo: {options.workers} worker process(es) started; submitting {len(tickets)} tickets")
+        say(f"demo: {options.workers} worker process(es) started; waiting for them to join...")
+        warm_up(client, run_id)
+        say(f"demo: submitting {len(tickets)} tickets")
         bar = tqdm(total=len(tickets), desc="resolved", unit="ticket", file=sys.stderr)
 
         def collect() -> None:
@@ -190,6 +193,16 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         topic_prefix=settings.topic_prefix,
     )
     return report
+
+
+def warm_up(client: TicketflowClient, run_id: str, timeout_s: float = 120.0) -> None:
+    """One ticket through every stage first, so that group joins stay out of the latency."""
+    ticket_id = f"demo-{run_id}-warmup"
+    client.submit([TicketSubmitted(ticket_id=ticket_id, tenant_id="demo-warmup", body="warm-up")])
+    for _ in client.results(expect=1, ticket_ids={ticket_id}, timeout_s=timeout_s):
+        return
+    raise ServiceError(f"the workers did not answer a warm-up ticket within {timeout_s:.0f} s; "
+                       "see the worker logs under the state directory's logs/")
 
 
 def _submit(client: TicketflowClient, tickets: list[TicketSubmitted], rate: float | None) -> None:

@@ -60,5 +60,7 @@ def render(report: DemoReport) -> str:
         f"  latency e2e    p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms",
         f"  LLM calls      {report.llm_calls} (billed {report.billed_calls}), cost ${report.cost_usd:.4f}",
         f"  wall time      {report.wall_s} s",
+        "  (Kafka and Redis stay up for `ticketflow results` and the like; "
+        "`ticketflow services down` stops them.)",
     ]
     return "\n".join(lines)
