@@ -216,5 +216,6 @@ def _submit(client: TicketflowClient, tickets: list[TicketSubmitted], rate: floa
         if delay > 0:
             time.sleep(delay)
         client.submit([ticket], flush=False)
+        client.producer.poll(0)  # serve delivery callbacks as we go
         next_at += interval
     client.flush()
