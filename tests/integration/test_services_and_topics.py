@@ -19,7 +19,7 @@ def test_services_are_running(live_services: Settings) -> None:
     report = {s.name: s for s in services.status(live_services)}
     assert report["kafka"].running and report["redis"].running
     # `up` again is a no-op that still reports both running.
-    assert all(s.running for s in services.up(live_services))
+    assert all(s.running for s in services.up(live_services, adopt=True))
 
 
 def test_apply_creates_then_reports_ok_and_drift(live_services: Settings) -> None:
