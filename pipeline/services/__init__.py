@@ -6,20 +6,12 @@ service is external: nothing is started or stopped, and ``status`` only checks i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from pipeline.services.base import ServiceStatus
 from pipeline.services.kafka_broker import KafkaBroker
 from pipeline.services.redis_server import RedisServer
 from pipeline.settings import Settings
 
-
-@dataclass(frozen=True)
-class ServiceStatus:
-    name: str
-    managed: bool  # started by ticketflow (False: configured external service)
-    running: bool
-    address: str
-    detail: str = ""
+__all__ = ["KafkaBroker", "RedisServer", "ServiceStatus", "down", "services", "status", "up"]
 
 
 def services(settings: Settings) -> tuple[KafkaBroker, RedisServer]:

@@ -11,27 +11,26 @@ import base64
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import ServiceError
-from pipeline.services.process import alive, read_pid, terminate
+from pipeline.services.base import LocalService
 from pipeline.settings import REPO_ROOT, Settings
-
-if TYPE_CHECKING:
-    from pipeline.services import ServiceStatus
 
 KAFKA_INFRA = REPO_ROOT / "infra" / "kafka"
 # A cold JVM plus KRaft log recovery takes ~5-15 s on two cores; leave room for a busy machine.
 START_TIMEOUT_S = 120.0
 
 
-class KafkaBroker:
+class KafkaBroker(LocalService):
     name = "kafka"
+    start_timeout_s = START_TIMEOUT_S
+    # A clean shutdown writes the KRaft snapshot; give it time before SIGKILL.
+    stop_grace_s = 30.0
+    external_variable = "TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -46,52 +45,32 @@ class KafkaBroker:
     def external(self) -> bool:
         return self.settings.kafka_bootstrap_servers is not None
 
-    def status(self) -> ServiceStatus:
-        from pipeline.services import ServiceStatus
+    @property
+    def address(self) -> str:
+        return self.settings.bootstrap_servers()
 
-        address = self.settings.bootstrap_servers()
-        if self.external:
-            ok = self._answers(timeout_s=5)
-            return ServiceStatus(self.name, False, ok, address, "external")
-        pid = read_pid(self.pid_file)
-        if pid is None:
-            if self._answers(timeout_s=2):
-                return ServiceStatus(self.name, False, True, address, "not started from this state directory")
-            return ServiceStatus(self.name, True, False, address, "stopped")
-        return ServiceStatus(self.name, True, self._answers(timeout_s=3), address, f"pid {pid}")
+    def start(self) -> None:
+        self._fetch_jars()
+        self._write_config()
+        self._format_storage()
+        print(f"kafka: starting broker on {self.address}...", file=sys.stderr)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / "stdout.log").open("ab") as out:
+            proc = subprocess.Popen(
+                self._java("kafka.Kafka", str(self.config)),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives the CLI that started it
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
 
-    def up(self, adopt: bool = False) -> ServiceStatus:
-        """Start the broker unless it runs; ``adopt`` uses a broker that already answers
-        at the local address (another checkout's) instead of refusing to start."""
-        if self.external:
-            current = self.status()
-            if not current.running:
-                raise ServiceError(f"configured Kafka at {current.address} does not answer")
-            return current
-        pid = read_pid(self.pid_file)
-        if pid is None:
-            if self._answers(timeout_s=2):
-                if adopt:
-                    return self.status()
-                raise ServiceError(
-                    f"something else already listens on {self.settings.bootstrap_servers()}; "
-                    "set TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS to use it, or free the port"
-                )
-            self._fetch_jars()
-            self._write_config()
-            self._format_storage()
-            pid = self._start()
-        self._wait_ready(pid)
-        return self.status()
-
-    def down(self) -> ServiceStatus:
-        if not self.external:
-            pid = read_pid(self.pid_file)
-            if pid is not None:
-                # A clean shutdown writes the KRaft snapshot; give it time before SIGKILL.
-                terminate(pid, grace_s=30)
-            self.pid_file.unlink(missing_ok=True)
-        return self.status()
+    def answers(self) -> bool:
+        admin = AdminClient({**self.settings.kafka_common(), "socket.connection.setup.timeout.ms": 2000,
+                             "log_level": 0})
+        try:
+            metadata = admin.list_topics(timeout=2)
+        except Exception:  # KafkaException on timeout: the broker is not (yet) there
+            return False
+        return len(metadata.brokers) > 0
 
     # -- steps -------------------------------------------------------------------------
 
@@ -147,35 +126,3 @@ class KafkaBroker:
         )
         if result.returncode != 0:
             raise ServiceError(f"kafka storage format failed:\n{result.stdout}\n{result.stderr}")
-
-    def _start(self) -> int:
-        print(f"kafka: starting broker on {self.settings.bootstrap_servers()}...", file=sys.stderr)
-        with (self.logs / "stdout.log").open("ab") as out:
-            proc = subprocess.Popen(
-                self._java("kafka.Kafka", str(self.config)),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,  # survives the CLI that started it
-            )
-        self.pid_file.write_text(f"{proc.pid}\n")
-        return proc.pid
-
-    def _wait_ready(self, pid: int) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not alive(pid):
-                raise ServiceError(
-                    f"the Kafka broker exited during start-up; see {self.logs / 'server.log'}"
-                )
-            if self._answers(timeout_s=2):
-                return
-            time.sleep(0.5)
-        raise ServiceError(f"the Kafka broker did not answer within {START_TIMEOUT_S:.0f} s")
-
-    def _answers(self, timeout_s: float) -> bool:
-        admin = AdminClient({**self.settings.kafka_common(), "socket.connection.setup.timeout.ms": 2000,
-                             "log_level": 0})
-        try:
-            metadata = admin.list_topics(timeout=timeout_s)
-        except Exception:  # KafkaException on timeout: the broker is not (yet) there
-            return False
-        return len(metadata.brokers) > 0
