@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_ca_location: str | None = None
+    kafka_debug: str | None = Field(
+        default=None, description="TICKETFLOW_KAFKA_DEBUG: librdkafka debug contexts, e.g. 'eos,cgrp'")
     schema_registry_url: str | None = Field(
         default=None,
         description="TICKETFLOW_SCHEMA_REGISTRY_URL: Confluent framing with schema ids when set; "
@@ -65,6 +67,11 @@ class Settings(BaseSettings):
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     # 6 s is the broker's default minimum; it bounds how long a dead worker's partitions stall.
     session_timeout_ms: int = Field(default=6_000, ge=1000)
+    # A batch (handle + transaction) that takes longer than this is stuck in the Kafka client
+    # (seen after a broker restart: send_offsets_to_transaction outliving its timeout). The
+    # worker then exits with code 70 so that its supervisor restarts it; the replacement
+    # fences the stuck transaction. Well above the 60 s timeouts of the transactional calls.
+    stuck_batch_s: float = Field(default=90.0, gt=0)
     max_retries: int = Field(default=5, ge=0)
     retry_backoff_ms: int = Field(default=200, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1, description="TICKETFLOW_MAX_BODY_BYTES")
@@ -99,6 +106,8 @@ class Settings(BaseSettings):
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         if self.kafka_ssl_ca_location:
             conf["ssl.ca.location"] = self.kafka_ssl_ca_location
+        if self.kafka_debug:
+            conf["debug"] = self.kafka_debug
         return conf
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -80,3 +81,28 @@ def response_counts(client: TicketflowClient, ids: set[str], timeout_s: float) -
 
 def dead_letters(client: TicketflowClient) -> list[DeadLetter]:
     return [r.event for r in client.dead_letters(timeout_s=30)]
+
+
+class Supervisor:
+    """Restarts workers that exit on their own, as systemd or Kubernetes would."""
+
+    def __init__(self, workers: list[WorkerProcess]) -> None:
+        self.workers = workers
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Supervisor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            for worker in self.workers:
+                if worker.proc is not None and worker.proc.poll() is not None:
+                    self.restarts += 1
+                    worker.start()

@@ -61,6 +61,8 @@ class TransactionalLoop:
         self.topics = [topic_name(prefix, t) for t in binding.inputs]
         self.dlq_topic = topic_name(prefix, "tickets.dlq")
         self._attempts: dict[tuple[str, int, int], int] = {}
+        #: monotonic time at which the batch in progress started; None between batches
+        self.batch_started: float | None = None
         self.consumer: Any = None
         self.producer: Any = None
 
@@ -103,7 +105,11 @@ class TransactionalLoop:
                 messages = self.consumer.consume(num_messages=self.settings.max_batch, timeout=interval_s)
                 records = [m for m in messages if self._usable(m)]
                 if records:
-                    self._process(records)
+                    self.batch_started = time.monotonic()
+                    try:
+                        self._process(records)
+                    finally:
+                        self.batch_started = None
         finally:
             self.consumer.close()
             self.producer.flush(10)
@@ -257,10 +263,12 @@ class TransactionalLoop:
             topic, partition, offset = _position(message)
             offsets[(topic, partition)] = offset + 1
         started = time.perf_counter()
+        log.debug("%s: committing %d records", self.binding.name, len(records))
         try:
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                 self.consumer.consumer_group_metadata(),
+                60,
             )
             self._commit_with_retry()
         except KafkaException as exc:
@@ -282,6 +290,7 @@ class TransactionalLoop:
                 return
             except KafkaException as exc:
                 if exc.args[0].retriable():
+                    log.warning("%s: commit not yet confirmed (%s); retrying", self.binding.name, exc.args[0])
                     continue
                 raise
 

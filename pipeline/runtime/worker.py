@@ -8,12 +8,14 @@ reused by the process that replaces a crashed one: the replacement's
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import logging
 import os
 import signal
 import socket
 import threading
+import time
 from types import FrameType
 from typing import IO
 
@@ -47,6 +49,28 @@ def acquire_slot(settings: Settings, name: str) -> tuple[int, IO[str]]:
     raise ServiceError(f"all {MAX_SLOTS} worker slots under {directory} are taken")
 
 
+STUCK_EXIT_CODE = 70  # EX_SOFTWARE: restart me
+
+
+def _watchdog(loops: list[TransactionalLoop], stuck_after_s: float, stop: threading.Event) -> None:
+    """Exit the process when a batch is stuck in the Kafka client, so a supervisor restarts it.
+
+    A thread blocked inside librdkafka cannot be interrupted; a restart can. The replacement
+    takes this slot, and with it the transactional id, which fences the stuck transaction.
+    """
+    while not stop.wait(min(5.0, stuck_after_s / 4)):
+        now = time.monotonic()
+        for loop in loops:
+            started = loop.batch_started
+            if started is not None and now - started > stuck_after_s:
+                log.critical("%s: batch stuck for %.0f s (limit %.0f s, TICKETFLOW_STUCK_BATCH_S); "
+                             "exiting with %d for a restart", loop.binding.name, now - started,
+                             stuck_after_s, STUCK_EXIT_CODE)
+                faulthandler.dump_traceback(all_threads=True)
+                logging.shutdown()
+                os._exit(STUCK_EXIT_CODE)
+
+
 def make_serde(settings: Settings) -> AvroSerde:
     registry = ConfluentSchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
     return AvroSerde(SchemaCatalog.load(), registry)
@@ -69,9 +93,13 @@ def run_worker(settings: Settings, processor_names: list[str] | None = None,
             stop.set()
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        # `kill -USR1 PID` prints every thread's stack to the log: where is a stuck worker?
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     serde = make_serde(settings)
     failed: list[BaseException] = []
+    loops = [TransactionalLoop(b, settings, serde, instance_id, metrics, stop)
+             for b in bindings(settings, processor_names)]
 
     def _run(loop: TransactionalLoop) -> None:
         try:
@@ -81,14 +109,10 @@ def run_worker(settings: Settings, processor_names: list[str] | None = None,
             failed.append(exc)
             stop.set()
 
-    threads = [
-        threading.Thread(
-            target=_run,
-            args=(TransactionalLoop(b, settings, serde, instance_id, metrics, stop),),
-            name=f"ticketflow-{b.name}",
-        )
-        for b in bindings(settings, processor_names)
-    ]
+    threads = [threading.Thread(target=_run, args=(loop,), name=f"ticketflow-{loop.binding.name}")
+               for loop in loops]
+    threading.Thread(target=_watchdog, args=(loops, settings.stuck_batch_s, stop), daemon=True,
+                     name="ticketflow-watchdog").start()
     log.info("worker %s (pid %d) running %s", instance_id, os.getpid(), [t.name for t in threads])
     for thread in threads:
         thread.start()

@@ -1,0 +1,106 @@
+"""Guarantees 1 and 2 across a rebalance (workers join and leave mid-stream) and across a
+restart of the broker itself."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.admin import apply_topics
+from pipeline.client import TicketflowClient
+from pipeline.events import TicketSubmitted
+from pipeline.services.kafka_broker import KafkaBroker
+from pipeline.settings import Settings
+from tests.helpers import Supervisor, WorkerProcess, dead_letters, response_counts, sample_tickets
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+# A second broker of this test's own, so that restarting it disturbs nothing else.
+OWN_BROKER_PORT = 19092
+
+
+def submit_slowly(client: TicketflowClient, tickets: list[TicketSubmitted], per_batch: int = 50,
+                  pause_s: float = 0.5) -> threading.Thread:
+    def run() -> None:
+        for start in range(0, len(tickets), per_batch):
+            client.submit(tickets[start:start + per_batch])
+            time.sleep(pause_s)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def assert_each_answered_once(client: TicketflowClient, ids: set[str], timeout_s: float) -> None:
+    counts = response_counts(client, ids, timeout_s=timeout_s)
+    lost = ids - set(counts)
+    assert not lost, f"{len(lost)} tickets lost, e.g. {sorted(lost)[:5]}"
+    duplicated = {i: c for i, c in counts.items() if c > 1}
+    assert not duplicated, f"duplicates on the egress: {list(duplicated.items())[:5]}"
+    assert dead_letters(client) == []
+
+
+def test_workers_joining_and_leaving_mid_stream(settings: Settings, tmp_path: Path) -> None:
+    client = TicketflowClient(settings)
+    tickets = sample_tickets(2000, "rb")
+    workers = [WorkerProcess(settings, tmp_path / "w0.log").start()]
+    submitter = submit_slowly(client, tickets)
+    try:
+        time.sleep(6)
+        workers += [WorkerProcess(settings, tmp_path / f"w{i}.log").start() for i in (1, 2)]  # scale out
+        time.sleep(8)
+        assert workers[0].stop() == 0  # scale in: graceful leave, partitions move again
+        time.sleep(4)
+        workers.append(WorkerProcess(settings, tmp_path / "w3.log").start())
+        submitter.join()
+        assert_each_answered_once(client, {t.ticket_id for t in tickets}, timeout_s=240)
+    finally:
+        submitter.join()
+        exit_codes = [w.stop() for w in workers]
+    assert exit_codes == [0, 0, 0, 0]
+
+
+@pytest.fixture
+def own_broker(live_services: Settings, tmp_path: Path) -> Iterator[tuple[KafkaBroker, Settings]]:
+    local = live_services.model_copy(update={
+        "state_dir": tmp_path / "state", "kafka_bootstrap_servers": None,
+        "local_kafka_port": OWN_BROKER_PORT, "local_kafka_controller_port": OWN_BROKER_PORT + 1,
+        "topic_prefix": "restart.",
+    })
+    broker = KafkaBroker(local)
+    broker.up()
+    # Workers and clients reach it as a configured cluster; Redis stays the session's.
+    clients = local.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{OWN_BROKER_PORT}",
+                                       "redis_url": live_services.redis_location()})
+    apply_topics(clients)
+    yield broker, clients
+    broker.down()
+
+
+def test_broker_restart_mid_stream(own_broker: tuple[KafkaBroker, Settings], tmp_path: Path) -> None:
+    broker, settings = own_broker
+    client = TicketflowClient(settings)
+    tickets = sample_tickets(1500, "br")
+    workers = [WorkerProcess(settings, tmp_path / f"w{i}.log") for i in range(2)]
+    for worker in workers:
+        # A worker whose Kafka client hangs after the restart exits to be restarted; short
+        # here so that the test does not wait the production default.
+        worker.extra_env = {"TICKETFLOW_STUCK_BATCH_S": "20"}
+        worker.start()
+    submitter = submit_slowly(client, tickets)
+    with Supervisor(workers) as supervisor:
+        try:
+            time.sleep(6)
+            broker.down()  # every client loses its connections; open transactions cannot commit
+            time.sleep(3)
+            broker.up()
+            submitter.join()
+            assert_each_answered_once(client, {t.ticket_id for t in tickets}, timeout_s=240)
+        finally:
+            submitter.join()
+    print(f"workers restarted by the supervisor: {supervisor.restarts}")
+    assert [w.stop() for w in workers] == [0, 0]
