@@ -26,8 +26,10 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from pipeline.topic_reader import read_to_end
 
 APP = Path(__file__).resolve().parent / "faust_eos_app.py"
 
@@ -39,24 +41,7 @@ def start(prefix: str, bootstrap: str, log: Path) -> subprocess.Popen[bytes]:
 
 
 def read_counts(topic: str, bootstrap: str, isolation: str) -> Counter[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4()}",
-                         "isolation.level": isolation, "enable.partition.eof": True,
-                         "enable.auto.commit": False})
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    counts: Counter[bytes] = Counter()
-    at_end: set[int] = set()
-    while len(at_end) < len(partitions):
-        for message in consumer.consume(500, 1.0):
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(message.partition() or 0)
-                continue
-            at_end.discard(message.partition() or 0)
-            counts[message.key() or b""] += 1
-    consumer.close()
-    return counts
+    return Counter(m.key() or b"" for m in read_to_end({"bootstrap.servers": bootstrap}, topic, isolation))
 
 
 def main() -> int:

@@ -8,17 +8,17 @@ so a retried send never duplicates a ticket on the ingress topic.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from pipeline.errors import DecodeError, ServiceError
 from pipeline.events import DeadLetter, TicketResolved, TicketSubmitted, to_record
 from pipeline.serde import AvroSerde, ConfluentSchemaRegistry, SchemaCatalog
 from pipeline.settings import Settings
+from pipeline.topic_reader import TopicReader
 from topics.catalog import INGRESS_MAX_BYTES, topic_name
 
 
@@ -130,44 +130,20 @@ class TicketflowClient:
     def _read(self, topic: str, schema: str, build: Callable[[dict[str, Any]], Any],
               timeout_s: float | None, done: Callable[[], bool],
               idle_stop: bool = False) -> Iterator[Received]:
-        consumer = Consumer({
-            **self.settings.kafka_common(),
-            "group.id": f"ticketflow-reader-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        })
-        try:
-            try:
-                metadata = consumer.list_topics(topic, timeout=10)
-            except KafkaException as exc:
-                raise ServiceError(f"cannot reach Kafka: {exc}") from exc
-            partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
-            if not partitions:
-                raise ServiceError(f"topic {topic} does not exist; run `ticketflow topics apply`")
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            at_end: set[int] = set()
+        with TopicReader(self.settings.kafka_common(), topic) as reader:
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
             while not done():
                 if deadline is not None and time.monotonic() >= deadline:
                     return
-                if idle_stop and len(at_end) == len(partitions):
+                if idle_stop and reader.at_end:
                     return
                 # A short timeout: arrival times feed latency reports, so never sit on a record.
-                for message in consumer.consume(num_messages=500, timeout=0.01):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            at_end.add(message.partition() or 0)
-                        continue
-                    at_end.discard(message.partition() or 0)
+                for message in reader.poll(timeout_s=0.01):
                     try:
                         record = self.serde.decode(schema, message.value() or b"")
                     except DecodeError:
                         continue  # not ours to judge here; the DLQ tooling shows such records
                     yield Received(build(record), time.time_ns() // 1_000_000)
-        finally:
-            consumer.close()
 
     def close(self) -> None:
         if self._producer is not None:

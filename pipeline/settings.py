@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # fences the stuck transaction. Well above the 60 s timeouts of the transactional calls.
     stuck_batch_s: float = Field(default=90.0, gt=0)
     max_retries: int = Field(default=5, ge=0)
+    crash_before_commit: int = Field(
+        default=0, ge=0,
+        description="TICKETFLOW_CRASH_BEFORE_COMMIT: fault injection for crash tests; when N > 0, the "
+        "process dies (exit 137, like kill -9) at its Nth commit, after its outputs reached the broker "
+        "and before the transaction commits. 0 (the default) turns it off.")
     retry_backoff_ms: int = Field(default=200, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1, description="TICKETFLOW_MAX_BODY_BYTES")
     max_subject_bytes: int = Field(default=1024, ge=1)

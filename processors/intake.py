@@ -47,22 +47,24 @@ class Intake:
         self.clock = clock
         self.limits = limits
         self.key_prefix = key_prefix
-        self._claims: dict[tuple[str, str], bool] = {}
+        # Per delivery (origin) of the current batch: the checked ticket and, if valid, its claim.
+        self._prepared: dict[str, tuple[Failure | tuple[str, str | None], bool]] = {}
 
     def prepare(self, batch: Sequence[tuple[TicketSubmitted, str]]) -> None:
-        """Claim the ids of a batch's valid tickets in one round trip before ``handle``."""
-        pairs = [(self._key(t), origin) for t, origin in batch if not isinstance(self._checked(t), Failure)]
-        self._claims = dict(zip(pairs, self.idempotency.claim_many(pairs), strict=True)) if pairs else {}
+        """Check a batch and claim its valid tickets' ids in one round trip before ``handle``."""
+        checked = {origin: self._checked(t) for t, origin in batch}
+        valid = [(self._key(t), origin) for t, origin in batch if not isinstance(checked[origin], Failure)]
+        claims = dict(zip((o for _, o in valid), self.idempotency.claim_many(valid), strict=True)) if valid else {}
+        self._prepared = {origin: (result, claims.get(origin, False)) for origin, result in checked.items()}
 
     def handle(self, ticket: TicketSubmitted, origin: str) -> Outcome:
-        checked = self._checked(ticket)
+        prepared = self._prepared.pop(origin, None)
+        checked = prepared[0] if prepared is not None else self._checked(ticket)
         if isinstance(checked, Failure):
             return checked
         body, subject = checked
         key = self._key(ticket)
-        claimed = self._claims.pop((key, origin), None)
-        if claimed is None:
-            claimed = self.idempotency.claim(key, origin)
+        claimed = prepared[1] if prepared is not None else self.idempotency.claim(key, origin)
         if not claimed:
             return Emit((), note="duplicate")
         now = self.clock.now_ms()

@@ -14,6 +14,7 @@ from pipeline.client import TicketflowClient
 from pipeline.datasets import banking77_sample
 from pipeline.events import DeadLetter, TicketSubmitted
 from pipeline.settings import Settings
+from pipeline.topic_reader import read_to_end
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -77,6 +78,11 @@ def response_counts(client: TicketflowClient, ids: set[str], timeout_s: float) -
     for _ in client.results(expect=len(ids), ticket_ids=ids, timeout_s=timeout_s):
         pass
     return Counter(r.event.ticket_id for r in client.results(ticket_ids=ids, drain=True))
+
+
+def records_seen(client: TicketflowClient, name: str, isolation: str) -> int:
+    """How many records of catalog topic ``name`` a reader with ``isolation`` sees."""
+    return sum(1 for _ in read_to_end(client.settings.kafka_common(), client.topic(name), isolation))
 
 
 def dead_letters(client: TicketflowClient) -> list[DeadLetter]:

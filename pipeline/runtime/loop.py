@@ -16,6 +16,7 @@ see a half batch or a retried batch twice). The pattern is confluent-kafka's
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ class TransactionalLoop:
         self.topics = [topic_name(prefix, t) for t in binding.inputs]
         self.dlq_topic = topic_name(prefix, "tickets.dlq")
         self._attempts: dict[tuple[str, int, int], int] = {}
+        self._commits = 0
         #: monotonic time at which the batch in progress started; None between batches
         self.batch_started: float | None = None
         self.consumer: Any = None
@@ -264,6 +266,9 @@ class TransactionalLoop:
             offsets[(topic, partition)] = offset + 1
         started = time.perf_counter()
         log.debug("%s: committing %d records", self.binding.name, len(records))
+        self._commits += 1
+        if self._commits == self.settings.crash_before_commit:
+            self._crash_mid_transaction()
         try:
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
@@ -282,6 +287,13 @@ class TransactionalLoop:
         self.metrics.transaction_seconds.labels(self.binding.name).observe(time.perf_counter() - started)
         self.metrics.batch_size.labels(self.binding.name).observe(len(records))
         return True
+
+    def _crash_mid_transaction(self) -> None:
+        """Fault injection (TICKETFLOW_CRASH_BEFORE_COMMIT): die with the outputs in the log
+        but the transaction open, the worst moment for a crash."""
+        self.producer.flush(30)
+        log.critical("%s: injected crash before commit %d", self.binding.name, self._commits)
+        os._exit(137)
 
     def _commit_with_retry(self) -> None:
         while True:
