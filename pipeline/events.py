@@ -75,6 +75,8 @@ class TicketResolved:
     cache_similarity: float | None = None
     escalation_reason: str | None = None
     replay_tag: str | None = None
+    cacheable: bool = False
+    cache_text: str | None = None
 
     SCHEMA = "TicketResolved"
 
@@ -105,8 +107,32 @@ class DeadLetter:
         return cls(**record)
 
 
-Event = TicketSubmitted | TicketResolved | DeadLetter
-E = TypeVar("E", TicketSubmitted, TicketResolved, DeadLetter)
+CacheOp = Literal["upsert", "purge"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheUpdate:
+    """A change to the semantic cache that every replica applies (see schemas/avro/cache_update)."""
+
+    tenant_id: str
+    op: CacheOp
+    created_at: int
+    entry_id: str | None = None
+    text: str | None = None
+    answer: str | None = None
+    resolution_key: str | None = None
+    kb_version: str | None = None
+    expires_at: int | None = None
+
+    SCHEMA = "CacheUpdate"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> CacheUpdate:
+        return cls(**record)
+
+
+Event = TicketSubmitted | TicketResolved | DeadLetter | CacheUpdate
+E = TypeVar("E", TicketSubmitted, TicketResolved, DeadLetter, CacheUpdate)
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}

@@ -52,6 +52,10 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec("llm.usage", "tenant_id", "UsageRecord", "all -> accounting", retention_ms=30 * DAY_MS),
     TopicSpec("tickets.responses", "ticket_id", "TicketResolved", "any stage -> users, cache writer",
               retention_ms=30 * DAY_MS),
+    # Every cache replica (one per cache worker with the embedded Qdrant Edge) reads all of it
+    # and rebuilds from it: retention covers the longest cache TTL.
+    TopicSpec("cache.updates", "tenant_id", "CacheUpdate", "cache writer, cache purge -> cache replicas",
+              retention_ms=30 * DAY_MS),
     TopicSpec("pipeline.metrics", "tenant_id", "CostSummary", "accounting -> users",
               retention_ms=30 * DAY_MS),
     TopicSpec("tickets.dlq", "original key", "DeadLetter", "any -> operators, redrive",

@@ -1,0 +1,200 @@
+"""``ticketflow cache eval``: seed a fresh cache with labelled rows, look up labelled queries.
+
+A hit is right when its resolution key equals the query's label; a query whose label is not
+among the seed labels has no right answer in the cache, so any hit on it is a false hit.
+The same neighbours are judged by the naive baseline (one cosine threshold, 0.95, on the
+nearest entry) for comparison. Lookup latency is the index search plus the decision per
+query, embedding excluded (embedding is measured by bench/cache_bench.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.cache.edge_index import EdgeIndex
+from pipeline.cache.embedder import Embedder, MicroBatcher
+from pipeline.cache.index import StoredEntry
+from pipeline.cache.labelled import Labelled
+from pipeline.cache.policy import Evidence, HitPolicy, Neighbour, evidence, judge
+from pipeline.pii import redact
+
+BASELINE_THRESHOLD = 0.95
+EVAL_TENANT = "eval"
+
+
+@dataclass(frozen=True)
+class Scores:
+    queries: int
+    hits: int
+    correct: int
+    out_of_scope: int
+    out_of_scope_hits: int
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+    @property
+    def precision(self) -> float:
+        return self.correct / self.hits if self.hits else 1.0
+
+    @property
+    def false_hit_rate(self) -> float:
+        return (self.hits - self.correct) / self.queries if self.queries else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hit_rate": round(self.hit_rate, 4), "precision": round(self.precision, 4),
+                "false_hit_rate": round(self.false_hit_rate, 4), "hits": self.hits,
+                "correct_hits": self.correct, "out_of_scope_queries": self.out_of_scope,
+                "out_of_scope_hit_rate": round(self.out_of_scope_hits / self.out_of_scope, 4)
+                if self.out_of_scope else None}
+
+
+def score(decisions: Sequence[tuple[bool, str | None]], labels: Sequence[str], seed_labels: set[str]) -> Scores:
+    hits = correct = oos = oos_hits = 0
+    for (hit, key), label in zip(decisions, labels, strict=True):
+        in_scope = label in seed_labels
+        oos += not in_scope
+        if hit:
+            hits += 1
+            correct += key == label
+            oos_hits += not in_scope
+    return Scores(len(labels), hits, correct, oos, oos_hits)
+
+
+@dataclass
+class EvalResult:
+    policy: HitPolicy
+    scores: Scores
+    baseline: Scores
+    reasons: dict[str, int]
+    latencies_ms: list[float]
+    seed_rows: int
+    embedder: str
+    evidence: list[Evidence | None] = field(repr=False, default_factory=list)
+    neighbours: list[list[Neighbour]] = field(repr=False, default_factory=list)
+    labels: list[str] = field(repr=False, default_factory=list)
+    seed_labels: set[str] = field(repr=False, default_factory=set)
+
+    def to_dict(self) -> dict[str, Any]:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "seed_rows": self.seed_rows, "queries": self.scores.queries, **self.scores.to_dict(),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "miss_reasons": self.reasons, "policy": self.policy.to_dict(), "embedder": self.embedder,
+            "baseline": {"threshold": BASELINE_THRESHOLD, **self.baseline.to_dict()},
+        }
+
+    def curve(self, margins: Sequence[float]) -> list[tuple[float, float]]:
+        """(hit rate, precision) of the policy as its margin varies, the rest unchanged."""
+        points = []
+        for margin in margins:
+            policy = replace(self.policy, margin=margin)
+            decisions = [(v.hit, v.resolution_key) for v in (judge(policy, e) for e in self.evidence)]
+            s = score(decisions, self.labels, self.seed_labels)
+            points.append((s.hit_rate, s.precision))
+        return points
+
+    def baseline_curve(self, thresholds: Sequence[float]) -> list[tuple[float, float]]:
+        points = []
+        for threshold in thresholds:
+            decisions = [_baseline(n, threshold) for n in self.neighbours]
+            s = score(decisions, self.labels, self.seed_labels)
+            points.append((s.hit_rate, s.precision))
+        return points
+
+
+def _baseline(neighbours: Sequence[Neighbour], threshold: float) -> tuple[bool, str | None]:
+    if neighbours and neighbours[0].similarity >= threshold:
+        return True, neighbours[0].resolution_key
+    return False, None
+
+
+def evaluate(embedder: Embedder, seed: Sequence[Labelled], queries: Sequence[Labelled], policy: HitPolicy,
+             progress: Callable[[str, int, int], None] | None = None, chunk: int = 256) -> EvalResult:
+    """Seed a fresh Qdrant Edge shard with ``seed``, then judge every query."""
+    batcher = MicroBatcher(embedder)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ticketflow-cache-eval-") as root:
+            index = EdgeIndex(Path(root), embedder.dim)
+            far_future = 2**62
+            for start in range(0, len(seed), chunk):
+                part = seed[start:start + chunk]
+                texts = [redact(r.text) for r in part]
+                entries = [StoredEntry(f"seed-{start + i}", text, f"answer for {r.label}", r.label, "1", 0, far_future)
+                           for i, (text, r) in enumerate(zip(texts, part, strict=True))]
+                index.upsert(EVAL_TENANT, entries, batcher.encode_sorted(texts))
+                if progress:
+                    progress("seed", min(start + chunk, len(seed)), len(seed))
+            index.optimize()
+            now = int(time.time() * 1000)
+            found_all: list[Evidence | None] = []
+            neighbours_all: list[list[Neighbour]] = []
+            latencies: list[float] = []
+            for start in range(0, len(queries), chunk):
+                part = queries[start:start + chunk]
+                texts = [redact(r.text) for r in part]
+                vectors = batcher.encode_sorted(texts)
+                for text, vector in zip(texts, vectors, strict=True):
+                    t0 = time.perf_counter()
+                    neighbours = index.search(EVAL_TENANT, vector[None, :], policy.k, now, "1")[0]
+                    found = evidence(policy, text, neighbours)
+                    judge(policy, found)
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    found_all.append(found)
+                    neighbours_all.append(neighbours)
+                if progress:
+                    progress("queries", min(start + chunk, len(queries)), len(queries))
+            index.close()
+    finally:
+        batcher.close()
+    seed_labels = {r.label for r in seed}
+    labels = [r.label for r in queries]
+    verdicts = [judge(policy, e) for e in found_all]
+    return EvalResult(
+        policy=policy,
+        scores=score([(v.hit, v.resolution_key) for v in verdicts], labels, seed_labels),
+        baseline=score([_baseline(n, BASELINE_THRESHOLD) for n in neighbours_all], labels, seed_labels),
+        reasons=dict(Counter(v.reason for v in verdicts)),
+        latencies_ms=latencies, seed_rows=len(seed), embedder=embedder.name,
+        evidence=found_all, neighbours=neighbours_all, labels=labels, seed_labels=seed_labels,
+    )
+
+
+def plot(result: EvalResult, path: Path) -> None:
+    """Precision against hit rate: the policy (margin varied) and the single threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    margins = [i / 100 for i in range(0, 21)]
+    thresholds = [0.70 + i / 100 for i in range(0, 30)]
+    policy_points = result.curve(margins)
+    base_points = result.baseline_curve(thresholds)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.plot([p[0] for p in policy_points], [p[1] for p in policy_points], "o-", ms=3,
+            label="ticketflow policy (margin 0-0.20)")
+    ax.plot([p[0] for p in base_points], [p[1] for p in base_points], "s-", ms=3,
+            label="single cosine threshold (0.70-0.99)")
+    ax.plot([result.scores.hit_rate], [result.scores.precision], "*", ms=14, color="C0", label="policy, defaults")
+    ax.plot([result.baseline.hit_rate], [result.baseline.precision], "*", ms=14, color="C1",
+            label=f"threshold {BASELINE_THRESHOLD}")
+    ax.axhline(0.99, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("hit rate (share of queries answered from cache)")
+    ax.set_ylabel("precision (hits with the right resolution key)")
+    ax.set_title(f"Semantic cache: {result.seed_rows} seed rows, {result.scores.queries} queries")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,83 @@
+"""The vector index port: a hard partition per tenant, absolute expiry, knowledge-base versions.
+
+Every method takes the tenant first and an adapter must confine the call to that tenant's
+partition (its own shard for Qdrant Edge; a mandatory filter inside the adapter for a
+Qdrant server collection). No caller can ask across tenants. Searches only see entries
+whose ``expires_at`` lies in the future and whose ``kb_version`` is the one asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.cache.policy import Neighbour
+
+_NAMESPACE = uuid.UUID("6f1b7a52-5d0e-4c64-9b54-1c3e3f0a7a11")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One cached question and its answer. ``text`` is PII-redacted before it gets here."""
+
+    entry_id: str
+    text: str
+    answer: str
+    resolution_key: str
+    kb_version: str
+    created_at: int
+    expires_at: int
+
+    def payload(self, tenant: str) -> dict[str, Any]:
+        return {"tenant": tenant, "entry_id": self.entry_id, "text": self.text, "answer": self.answer,
+                "resolution_key": self.resolution_key, "kb_version": self.kb_version,
+                "created_at": self.created_at, "expires_at": self.expires_at}
+
+
+def point_id(tenant: str, entry_id: str) -> str:
+    """Stable point id: the same entry written twice (a replay) is one point."""
+    return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x00{entry_id}"))
+
+
+def tenant_slug(tenant: str) -> str:
+    """A file-system-safe, collision-free name for a tenant's partition."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in tenant)[:40]
+    return f"{safe}-{hashlib.sha256(tenant.encode()).hexdigest()[:12]}"
+
+
+def neighbour_from_payload(score: float, payload: dict[str, Any]) -> Neighbour:
+    return Neighbour(similarity=float(score), resolution_key=str(payload["resolution_key"]),
+                     text=str(payload["text"]), answer=str(payload["answer"]),
+                     entry_id=str(payload["entry_id"]))
+
+
+class VectorIndex(Protocol):
+    dim: int
+
+    def upsert(self, tenant: str, entries: Sequence[StoredEntry], vectors: npt.NDArray[np.float32]) -> None: ...
+
+    def search(self, tenant: str, vectors: npt.NDArray[np.float32], limit: int, now_ms: int,
+               kb_version: str) -> list[list[Neighbour]]:
+        """The live entries nearest to each vector, most similar first (cosine similarity)."""
+        ...
+
+    def purge(self, tenant: str, resolution_key: str | None = None, before_ms: int | None = None,
+              keep_kb_version: str | None = None) -> None:
+        """Delete the tenant's entries (of one key; created before a time; of other KB versions)."""
+        ...
+
+    def delete_expired(self, tenant: str, now_ms: int) -> None: ...
+
+    def count(self, tenant: str) -> int: ...
+
+    def tenants(self) -> list[str]: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,175 @@
+"""The semantic cache: embed, look up the tenant's partition, decide; and apply updates.
+
+Lookups never see another tenant's entries (the index port is partitioned by tenant),
+expired entries (absolute expiry, set when the entry is written and never extended by a
+hit) or entries written under an older knowledge-base version of the tenant.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.cache.embedder import Embedder
+from pipeline.cache.index import StoredEntry, VectorIndex
+from pipeline.cache.metrics import CacheMetrics
+from pipeline.cache.policy import HitPolicy, Verdict, decide
+from pipeline.errors import ConfigurationError
+from pipeline.events import CacheUpdate
+from pipeline.pii import redact
+from pipeline.processing import Clock
+
+DEFAULT_KB_VERSION = "1"
+
+
+class KbVersions(Protocol):
+    """The current knowledge-base version of each tenant; a change invalidates its entries."""
+
+    def current(self, tenant: str) -> str: ...
+
+
+class FixedKbVersions:
+    def __init__(self, versions: dict[str, str] | None = None) -> None:
+        self.versions = dict(versions or {})
+
+    def current(self, tenant: str) -> str:
+        return self.versions.get(tenant, DEFAULT_KB_VERSION)
+
+
+class PolicyBook:
+    """Hit policies per tenant, with a default. File: JSON ``{"default": {...}, "tenants": {T: {...}}}``."""
+
+    def __init__(self, default: HitPolicy | None = None, tenants: dict[str, HitPolicy] | None = None) -> None:
+        self.default = default or HitPolicy()
+        self.tenants = dict(tenants or {})
+
+    def for_tenant(self, tenant: str) -> HitPolicy:
+        return self.tenants.get(tenant, self.default)
+
+    @classmethod
+    def load(cls, path: Path | None) -> PolicyBook:
+        if path is None:
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"cannot read cache policy file {path}: {exc}") from exc
+        if not isinstance(data, dict) or set(data) - {"default", "tenants"}:
+            raise ConfigurationError(f"{path}: expected an object with 'default' and/or 'tenants'")
+        default_values = {**HitPolicy().to_dict(), **data.get("default", {})}
+        default = HitPolicy.from_dict(default_values)
+        tenants = {t: HitPolicy.from_dict({**default.to_dict(), **values})
+                   for t, values in data.get("tenants", {}).items()}
+        return cls(default, tenants)
+
+
+class SemanticCache:
+    def __init__(self, embedder: Embedder, index: VectorIndex, clock: Clock, policies: PolicyBook | None = None,
+                 kb_versions: KbVersions | None = None, metrics: CacheMetrics | None = None,
+                 ttl_s: int = 7 * 24 * 3600) -> None:
+        self.embedder = embedder
+        self.index = index
+        self.clock = clock
+        self.policies = policies or PolicyBook()
+        self.kb_versions = kb_versions or FixedKbVersions()
+        self.metrics = metrics
+        self.ttl_ms = ttl_s * 1000
+        self._lock = threading.Lock()  # the index is shared by the lookup and follower threads
+
+    def lookup_many(self, queries: Sequence[tuple[str, str]]) -> list[Verdict]:
+        """Verdicts for (tenant, text) pairs; texts are embedded together (one micro-batch)."""
+        if not queries:
+            return []
+        started = time.perf_counter()
+        vectors = self.embedder.encode([text for _, text in queries])
+        embedded = time.perf_counter()
+        if self.metrics:
+            self.metrics.embed_seconds.observe(embedded - started)
+        by_tenant: dict[str, list[int]] = {}
+        for i, (tenant, _) in enumerate(queries):
+            by_tenant.setdefault(tenant, []).append(i)
+        verdicts: list[Verdict | None] = [None] * len(queries)
+        now = self.clock.now_ms()
+        for tenant, rows in by_tenant.items():
+            policy = self.policies.for_tenant(tenant)
+            t0 = time.perf_counter()
+            with self._lock:
+                found = self.index.search(tenant, vectors[rows], policy.k, now, self.kb_versions.current(tenant))
+            for row, neighbours in zip(rows, found, strict=True):
+                verdict = decide(policy, queries[row][1], neighbours)
+                verdicts[row] = verdict
+                if self.metrics:
+                    self.metrics.observe(tenant, verdict)
+            if self.metrics:
+                per_query = (time.perf_counter() - t0) / len(rows)
+                for _ in rows:
+                    self.metrics.lookup_seconds.observe(per_query)
+        return [v for v in verdicts if v is not None]
+
+    def lookup(self, tenant: str, text: str) -> Verdict:
+        return self.lookup_many([(tenant, text)])[0]
+
+    def entry(self, tenant: str, entry_id: str, text: str, answer: str, resolution_key: str,
+              created_at: int | None = None) -> CacheUpdate:
+        """An upsert for an answer resolved now, under the tenant's current KB version."""
+        created = created_at if created_at is not None else self.clock.now_ms()
+        return CacheUpdate(tenant_id=tenant, op="upsert", created_at=created, entry_id=entry_id,
+                           text=redact(text), answer=answer, resolution_key=resolution_key,
+                           kb_version=self.kb_versions.current(tenant), expires_at=created + self.ttl_ms)
+
+    def apply(self, updates: Sequence[CacheUpdate]) -> None:
+        """Apply upserts (embedded together) and purges in order; then flush the index."""
+        pending: list[CacheUpdate] = []
+        for update in updates:
+            if update.op == "upsert":
+                pending.append(update)
+                continue
+            self._upsert(pending)
+            pending = []
+            with self._lock:
+                self.index.purge(update.tenant_id, update.resolution_key, before_ms=update.created_at,
+                                 keep_kb_version=update.kb_version)
+        self._upsert(pending)
+        with self._lock:
+            self.index.flush()
+
+    def _upsert(self, updates: Sequence[CacheUpdate]) -> None:
+        if not updates:
+            return
+        vectors = self.embedder.encode([redact(u.text or "") for u in updates])
+        by_tenant: dict[str, list[int]] = {}
+        for i, update in enumerate(updates):
+            by_tenant.setdefault(update.tenant_id, []).append(i)
+        for tenant, rows in by_tenant.items():
+            entries = [_stored(updates[i]) for i in rows]
+            with self._lock:
+                self.index.upsert(tenant, entries, np.asarray(vectors[rows]))
+
+    def sweep(self) -> dict[str, int]:
+        """Delete expired entries; returns the entry count per tenant (for the metrics)."""
+        now = self.clock.now_ms()
+        counts = {}
+        with self._lock:
+            for tenant in self.index.tenants():
+                self.index.delete_expired(tenant, now)
+                counts[tenant] = self.index.count(tenant)
+        if self.metrics:
+            for tenant, count in counts.items():
+                self.metrics.entries.labels(tenant).set(count)
+        return counts
+
+
+def _stored(update: CacheUpdate) -> StoredEntry:
+    missing = [name for name in ("entry_id", "text", "answer", "resolution_key", "kb_version", "expires_at")
+               if getattr(update, name) is None]
+    if missing:
+        raise ValueError(f"cache upsert for tenant {update.tenant_id} lacks {', '.join(missing)}")
+    values: dict[str, Any] = {name: getattr(update, name) for name in
+                              ("entry_id", "answer", "resolution_key", "kb_version", "expires_at")}
+    return StoredEntry(text=redact(update.text or ""), created_at=update.created_at, **values)
