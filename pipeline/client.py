@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from pipeline.errors import DecodeError, ServiceError
-from pipeline.events import DeadLetter, TicketResolved, TicketSubmitted, to_record
+from pipeline.events import CacheUpdate, DeadLetter, TicketResolved, TicketSubmitted, to_record
 from pipeline.serde import AvroSerde, ConfluentSchemaRegistry, SchemaCatalog
 from pipeline.settings import Settings
 from pipeline.topic_reader import TopicReader
@@ -95,6 +95,17 @@ class TicketflowClient:
         self.producer.poll(0)
         if errors:
             raise ServiceError(f"delivery to {topic} failed: {errors[0]}")
+
+    def cache_updates(self, updates: Iterable[CacheUpdate]) -> int:
+        """Produce cache updates (seeds, purges) keyed by tenant; returns once acknowledged."""
+        topic = self.topic("cache.updates")
+        count = 0
+        for update in updates:
+            self.send_raw(topic, update.tenant_id.encode(),
+                          self.serde.encode(CacheUpdate.SCHEMA, to_record(update), topic))
+            count += 1
+        self.flush()
+        return count
 
     def flush(self, timeout_s: float = 60.0) -> None:
         if self._producer is not None and self._producer.flush(timeout_s) > 0:

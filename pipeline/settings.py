@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -88,6 +88,26 @@ class Settings(BaseSettings):
         description="TICKETFLOW_INSTANCE_NAME: stable worker name (default: host name); a slot "
         "number is appended so that processes on one host never share a transactional.id.",
     )
+
+    # -- semantic cache (issue 3) --
+    qdrant_url: str | None = Field(
+        default=None, description="TICKETFLOW_QDRANT_URL: a Qdrant server (one collection, tenant filter "
+        "inside the adapter); when unset, each cache worker keeps an embedded Qdrant Edge replica.")
+    qdrant_api_key: SecretStr | None = None
+    qdrant_collection: str = Field(default="ticketflow_cache", description="TICKETFLOW_QDRANT_COLLECTION")
+    cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="TICKETFLOW_CACHE_TTL_S: absolute "
+                             "lifetime of a cache entry from its resolution; a hit never extends it.")
+    cache_policy_file: Path | None = Field(
+        default=None, description="TICKETFLOW_CACHE_POLICY_FILE: JSON hit policies, {'default': {...}, "
+        "'tenants': {T: {...}}} as written by `ticketflow cache calibrate --write`.")
+    cache_never_keys: list[str] = Field(
+        default_factory=list, description="TICKETFLOW_CACHE_NEVER_KEYS: resolution keys never stored "
+        "(JSON list), beside answers not marked cacheable, tool answers and escalations.")
+    embedding_backend: Literal["onnx-int8", "onnx", "torch"] = Field(
+        default="onnx-int8", description="TICKETFLOW_EMBEDDING_BACKEND: onnx-int8 (default), onnx or torch")
+    embedding_max_batch: int = Field(default=256, ge=1)
+    embedding_max_wait_ms: float = Field(default=5.0, ge=0)
+    embedding_threads: int | None = Field(default=None, ge=1)
 
     def bootstrap_servers(self) -> str:
         if self.kafka_bootstrap_servers:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -91,8 +92,8 @@ class EdgeIndex:
         shard = self._shard(tenant, create=False)
         if shard is None:
             return
-        must: list[qe.FieldCondition] = []
-        must_not: list[qe.FieldCondition] = []
+        must: list[Any] = []
+        must_not: list[Any] = []
         if resolution_key is not None:
             must.append(qe.FieldCondition("resolution_key", match=qe.MatchValue(resolution_key)))
         if before_ms is not None:

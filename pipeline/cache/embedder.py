@@ -257,7 +257,8 @@ class MicroBatcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            taken, size = [], 0
+            taken: list[_Request] = []
+            size = 0
             while self._queue and (not taken or size + len(self._queue[0].texts) <= self.max_batch):
                 request = self._queue.pop(0)
                 taken.append(request)

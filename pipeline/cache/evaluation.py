@@ -22,8 +22,8 @@ import numpy as np
 from pipeline.cache.edge_index import EdgeIndex
 from pipeline.cache.embedder import Embedder, MicroBatcher
 from pipeline.cache.index import StoredEntry
-from pipeline.cache.labelled import Labelled
 from pipeline.cache.policy import Evidence, HitPolicy, Neighbour, evidence, judge
+from pipeline.datasets import LabelledQuery
 from pipeline.pii import redact
 
 BASELINE_THRESHOLD = 0.95
@@ -118,7 +118,7 @@ def _baseline(neighbours: Sequence[Neighbour], threshold: float) -> tuple[bool, 
     return False, None
 
 
-def evaluate(embedder: Embedder, seed: Sequence[Labelled], queries: Sequence[Labelled], policy: HitPolicy,
+def evaluate(embedder: Embedder, seed: Sequence[LabelledQuery], queries: Sequence[LabelledQuery], policy: HitPolicy,
              progress: Callable[[str, int, int], None] | None = None, chunk: int = 256) -> EvalResult:
     """Seed a fresh Qdrant Edge shard with ``seed``, then judge every query."""
     batcher = MicroBatcher(embedder)

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.datasets import LabelledQuery
 from pipeline.errors import ConfigurationError
 
 #: banking77's own CSV names the label column ``category``; both are accepted.
 LABEL_COLUMNS = ("label", "category")
 
 
-@dataclass(frozen=True, slots=True)
-class Labelled:
-    text: str
-    label: str
-
-
-def read_labelled(path: Path, require_label: bool = True) -> list[Labelled]:
+def read_labelled(path: Path, require_label: bool = True) -> list[LabelledQuery]:
     """Rows of a CSV with a ``text`` column and a ``label`` (or ``category``) column."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
@@ -35,7 +29,7 @@ def read_labelled(path: Path, require_label: bool = True) -> list[Labelled]:
                 label = (row.get(label_column) or "").strip() if label_column else ""
                 if not text or (require_label and not label):
                     raise ConfigurationError(f"{path}:{line}: empty text or label")
-                rows.append(Labelled(text, label))
+                rows.append(LabelledQuery(text, label))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigurationError(f"cannot read {path}: {exc}") from exc
     if not rows:

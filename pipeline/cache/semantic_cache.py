@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,6 +81,19 @@ class SemanticCache:
         self.metrics = metrics
         self.ttl_ms = ttl_s * 1000
         self._lock = threading.Lock()  # the index is shared by the lookup and follower threads
+        self._on_close: list[Callable[[], None]] = []
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+
+    def close(self) -> None:
+        for callback in self._on_close:
+            callback()
+        with self._lock:
+            self.index.close()
+        close = getattr(self.embedder, "close", None)
+        if close is not None:
+            close()
 
     def lookup_many(self, queries: Sequence[tuple[str, str]]) -> list[Verdict]:
         """Verdicts for (tenant, text) pairs; texts are embedded together (one micro-batch)."""
@@ -132,6 +145,8 @@ class SemanticCache:
                 continue
             self._upsert(pending)
             pending = []
+            if self.metrics:
+                self.metrics.writes.labels("purge").inc()
             with self._lock:
                 self.index.purge(update.tenant_id, update.resolution_key, before_ms=update.created_at,
                                  keep_kb_version=update.kb_version)
@@ -146,6 +161,8 @@ class SemanticCache:
         by_tenant: dict[str, list[int]] = {}
         for i, update in enumerate(updates):
             by_tenant.setdefault(update.tenant_id, []).append(i)
+        if self.metrics:
+            self.metrics.writes.labels("upsert").inc(len(updates))
         for tenant, rows in by_tenant.items():
             entries = [_stored(updates[i]) for i in rows]
             with self._lock:

@@ -11,12 +11,12 @@ import logging
 import sys
 from collections.abc import Callable
 
-from pipeline.cli import demo_cmd, dlq_cmd, results_cmd, services_cmd, submit_cmd, topics_cmd, worker_cmd
+from pipeline.cli import cache_cmd, demo_cmd, dlq_cmd, results_cmd, services_cmd, submit_cmd, topics_cmd, worker_cmd
 from pipeline.errors import TicketflowError
 from pipeline.settings import Settings, load_settings
 
 Runner = Callable[[argparse.Namespace, Settings], int]
-MODULES = (services_cmd, topics_cmd, worker_cmd, submit_cmd, results_cmd, dlq_cmd, demo_cmd)
+MODULES = (services_cmd, topics_cmd, worker_cmd, submit_cmd, results_cmd, dlq_cmd, cache_cmd, demo_cmd)
 
 EPILOG = """environment (defaults in brackets):
   TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS  existing Kafka cluster [local broker on 127.0.0.1:9092]
@@ -26,6 +26,10 @@ EPILOG = """environment (defaults in brackets):
   TICKETFLOW_STATE_DIR                local service data, logs, worker slots [.ticketflow]
   TICKETFLOW_COMMIT_INTERVAL_MS       max time to gather one transaction's batch [25]
   TICKETFLOW_MAX_BODY_BYTES           ticket body limit [65536]
+  TICKETFLOW_QDRANT_URL               Qdrant server for the cache [embedded Qdrant Edge per worker]
+  TICKETFLOW_CACHE_TTL_S              absolute lifetime of a cache entry [604800]
+  TICKETFLOW_CACHE_POLICY_FILE        per-tenant hit policies (JSON) [built-in defaults]
+  TICKETFLOW_EMBEDDING_BACKEND        onnx-int8, onnx or torch [onnx-int8]
   TICKETFLOW_CONFIG                   TOML file with the same settings (lower case names)
 """
 

@@ -36,3 +36,25 @@ def banking77_sample(n: int, seed: int = 7) -> list[LabelledQuery]:
     if n <= len(rows):
         return rng.sample(rows, n)
     return [rng.choice(rows) for _ in range(n)]
+
+
+def banking77_split(holdout_share: float = 0.2, seed: int = 7) -> tuple[list[LabelledQuery], list[LabelledQuery]]:
+    """The train split cut in two, per intent: (tune, holdout).
+
+    Cache and router parameters are tuned on ``tune`` only; ``holdout`` checks them.
+    """
+    by_label: dict[str, list[LabelledQuery]] = {}
+    for row in banking77():
+        by_label.setdefault(row.label, []).append(row)
+    rng = random.Random(seed)
+    tune: list[LabelledQuery] = []
+    holdout: list[LabelledQuery] = []
+    for label in sorted(by_label):
+        rows = by_label[label]
+        rng.shuffle(rows)
+        cut = round(len(rows) * holdout_share)
+        holdout.extend(rows[:cut])
+        tune.extend(rows[cut:])
+    rng.shuffle(tune)
+    rng.shuffle(holdout)
+    return tune, holdout

@@ -1,56 +1,130 @@
 """The composition root of the processors: which ports each one gets, where it reads.
 
-Until the cache stage (issue 3) exists, the router reads ``tickets.accepted`` directly; it
-moves to ``tickets.uncached`` when the cache processor is added.
+Processors: ``intake`` (tickets.ingress), ``cache`` (tickets.accepted, plus the follower that
+keeps this worker's cache index up to date from cache.updates), ``cache-writer``
+(tickets.responses) and ``router`` (tickets.uncached).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
+from prometheus_client import CollectorRegistry
 
 from pipeline.adapters.redis_idempotency import RedisIdempotencyStore
+from pipeline.adapters.redis_kb import RedisKbVersions
+from pipeline.cache.metrics import CacheMetrics
+from pipeline.cache.semantic_cache import SemanticCache
 from pipeline.errors import ConfigurationError
-from pipeline.events import TicketSubmitted
+from pipeline.events import CacheUpdate, TicketResolved, TicketSubmitted
 from pipeline.processing import SystemClock
 from pipeline.runtime.binding import Binding
 from pipeline.settings import Settings
+from processors.cache import CacheLookup
+from processors.cache_follower import CacheFollower
+from processors.cache_writer import CacheWriter
 from processors.intake import Intake, IntakeLimits
 from processors.router import Router
 
 
-def _intake(settings: Settings) -> Binding:
-    client = redis.Redis.from_url(settings.redis_location(), socket_timeout=5,
-                                  socket_connect_timeout=5, health_check_interval=30)
+@dataclass
+class WorkerContext:
+    """What the processors of one worker process share."""
+
+    settings: Settings
+    instance_id: str
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _shared: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def shared(self, name: str, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if name not in self._shared:
+                self._shared[name] = make()
+            return self._shared[name]
+
+    def redis(self) -> redis.Redis[bytes]:
+        client: redis.Redis[bytes] = self.shared("redis", lambda: redis_client(self.settings))
+        return client
+
+    def key_prefix(self) -> str:
+        return f"ticketflow:{self.settings.topic_prefix}"
+
+    def close(self) -> None:
+        cache = self._shared.get("cache")
+        if cache is not None:
+            cache.close()
+
+
+def redis_client(settings: Settings) -> redis.Redis[bytes]:
+    return redis.Redis.from_url(settings.redis_location(), socket_timeout=5, socket_connect_timeout=5,
+                                health_check_interval=30)
+
+
+def _intake(ctx: WorkerContext) -> list[Binding]:
+    settings = ctx.settings
     processor = Intake(
-        RedisIdempotencyStore(client, settings.idempotency_ttl_s),
+        RedisIdempotencyStore(ctx.redis(), settings.idempotency_ttl_s),
         SystemClock(),
         IntakeLimits(settings.max_body_bytes, settings.max_subject_bytes),
-        key_prefix=f"ticketflow:{settings.topic_prefix}",
+        key_prefix=ctx.key_prefix(),
     )
-    return Binding(processor.name, ("tickets.ingress",), "TicketSubmitted",
-                   TicketSubmitted.from_record, processor.handle, allow_json=True,
-                   prepare=processor.prepare)
+    return [Binding(processor.name, ("tickets.ingress",), "TicketSubmitted",
+                    TicketSubmitted.from_record, processor.handle, allow_json=True,
+                    prepare=processor.prepare)]
 
 
-def _router(settings: Settings) -> Binding:
+def _semantic_cache(ctx: WorkerContext) -> SemanticCache:
+    from pipeline.cache.factory import build_cache
+
+    return build_cache(ctx.settings, ctx.instance_id, RedisKbVersions(ctx.redis(), ctx.key_prefix()),
+                       CacheMetrics(ctx.registry))
+
+
+def _cache(ctx: WorkerContext) -> list[Binding]:
+    cache: SemanticCache = ctx.shared("cache", lambda: _semantic_cache(ctx))
+    lookup = CacheLookup(cache, SystemClock())
+    # An embedded replica reads every update in a group of its own; a shared server, once.
+    follower_name = "cache-index" if ctx.settings.qdrant_url else f"cache-index.{ctx.instance_id}"
+    follower = CacheFollower(cache, follower_name)
+    return [
+        Binding(lookup.name, ("tickets.accepted",), "TicketSubmitted", TicketSubmitted.from_record,
+                lookup.handle, prepare=lookup.prepare),
+        Binding(follower.name, ("cache.updates",), "CacheUpdate", CacheUpdate.from_record,
+                follower.handle, prepare=follower.prepare),
+    ]
+
+
+def _cache_writer(ctx: WorkerContext) -> list[Binding]:
+    writer = CacheWriter(RedisKbVersions(ctx.redis(), ctx.key_prefix()), ctx.settings.cache_ttl_s,
+                         ctx.settings.cache_never_keys)
+    return [Binding(writer.name, ("tickets.responses",), "TicketResolved", TicketResolved.from_record,
+                    writer.handle)]
+
+
+def _router(ctx: WorkerContext) -> list[Binding]:
     processor = Router(SystemClock())
-    return Binding(processor.name, ("tickets.accepted",), "TicketSubmitted",
-                   TicketSubmitted.from_record, processor.handle)
+    return [Binding(processor.name, ("tickets.uncached",), "TicketSubmitted",
+                    TicketSubmitted.from_record, processor.handle)]
 
 
-PROCESSORS: dict[str, Callable[[Settings], Binding]] = {
+PROCESSORS: dict[str, Callable[[WorkerContext], list[Binding]]] = {
     "intake": _intake,
+    "cache": _cache,
+    "cache-writer": _cache_writer,
     "router": _router,
 }
 
 
-def bindings(settings: Settings, names: list[str] | None = None) -> list[Binding]:
+def bindings(ctx: WorkerContext, names: list[str] | None = None) -> list[Binding]:
     chosen = names or list(PROCESSORS)
     unknown = [n for n in chosen if n not in PROCESSORS]
     if unknown:
         raise ConfigurationError(
             f"unknown processor(s) {', '.join(unknown)}; known: {', '.join(PROCESSORS)}"
         )
-    return [PROCESSORS[name](settings) for name in chosen]
+    return [binding for name in chosen for binding in PROCESSORS[name](ctx)]

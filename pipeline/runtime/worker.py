@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pipeline.errors import ServiceError
 from pipeline.metrics import RuntimeMetrics
 from pipeline.runtime.loop import TransactionalLoop
-from pipeline.runtime.topology import bindings
+from pipeline.runtime.topology import WorkerContext, bindings
 from pipeline.serde import AvroSerde, ConfluentSchemaRegistry, SchemaCatalog
 from pipeline.settings import Settings
 
@@ -98,8 +98,9 @@ def run_worker(settings: Settings, processor_names: list[str] | None = None,
 
     serde = make_serde(settings)
     failed: list[BaseException] = []
+    context = WorkerContext(settings, instance_id, registry)
     loops = [TransactionalLoop(b, settings, serde, instance_id, metrics, stop)
-             for b in bindings(settings, processor_names)]
+             for b in bindings(context, processor_names)]
 
     def _run(loop: TransactionalLoop) -> None:
         try:
@@ -118,6 +119,7 @@ def run_worker(settings: Settings, processor_names: list[str] | None = None,
         thread.start()
     for thread in threads:
         thread.join()
+    context.close()
     # The lock file stays: unlinking it could hand the same slot to two new processes.
     lock.close()
     return 1 if failed else 0

@@ -1,0 +1,52 @@
+"""Build the semantic cache a worker or a command uses, from the settings."""
+
+from __future__ import annotations
+
+import threading
+
+from pipeline.cache.embedder import MicroBatcher, SentenceTransformerEmbedder
+from pipeline.cache.index import VectorIndex
+from pipeline.cache.metrics import CacheMetrics
+from pipeline.cache.semantic_cache import KbVersions, PolicyBook, SemanticCache
+from pipeline.processing import SystemClock
+from pipeline.settings import Settings
+
+SWEEP_INTERVAL_S = 60.0
+
+
+def build_embedder(settings: Settings) -> MicroBatcher:
+    embedder = SentenceTransformerEmbedder(backend=settings.embedding_backend,
+                                           export_dir=settings.state_dir / "models",
+                                           threads=settings.embedding_threads)
+    return MicroBatcher(embedder, settings.embedding_max_batch, settings.embedding_max_wait_ms)
+
+
+def build_index(settings: Settings, instance_id: str, dim: int) -> VectorIndex:
+    if settings.qdrant_url:
+        from qdrant_client import QdrantClient
+
+        from pipeline.cache.qdrant_index import QdrantServerIndex
+
+        key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return QdrantServerIndex(QdrantClient(url=settings.qdrant_url, api_key=key),
+                                 f"{settings.topic_prefix}{settings.qdrant_collection}", dim)
+    from pipeline.cache.edge_index import EdgeIndex
+
+    return EdgeIndex(settings.state_dir.resolve() / "cache" / f"{settings.topic_prefix}{instance_id}", dim)
+
+
+def build_cache(settings: Settings, instance_id: str, kb_versions: KbVersions,
+                metrics: CacheMetrics | None = None) -> SemanticCache:
+    embedder = build_embedder(settings)
+    cache = SemanticCache(embedder, build_index(settings, instance_id, embedder.dim), SystemClock(),
+                          PolicyBook.load(settings.cache_policy_file), kb_versions, metrics, settings.cache_ttl_s)
+    stop = threading.Event()
+
+    def sweep() -> None:
+        while not stop.wait(SWEEP_INTERVAL_S):
+            cache.sweep()
+
+    cache.sweep()
+    threading.Thread(target=sweep, name="ticketflow-cache-sweep", daemon=True).start()
+    cache.on_close(stop.set)
+    return cache
