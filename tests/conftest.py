@@ -14,6 +14,8 @@ import pytest
 
 from pipeline import services
 from pipeline.admin import apply_topics, delete_topics
+from pipeline.cache.embedder import MicroBatcher
+from pipeline.cache.factory import build_embedder
 from pipeline.settings import REPO_ROOT, Settings, load_settings
 
 
@@ -42,3 +44,11 @@ def settings(live_services: Settings) -> Iterator[Settings]:
     apply_topics(fresh)
     yield fresh
     delete_topics(fresh)
+
+
+@pytest.fixture(scope="session")
+def embedder(base_settings: Settings) -> Iterator[MicroBatcher]:
+    """The real model (the default backend), loaded once per session."""
+    batcher = build_embedder(base_settings)
+    yield batcher
+    batcher.close()

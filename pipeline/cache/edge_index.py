@@ -97,7 +97,7 @@ class EdgeIndex:
         if resolution_key is not None:
             must.append(qe.FieldCondition("resolution_key", match=qe.MatchValue(resolution_key)))
         if before_ms is not None:
-            must.append(qe.FieldCondition("created_at", range=qe.RangeFloat(lt=float(before_ms))))
+            must.append(qe.FieldCondition("created_at", range=qe.RangeFloat(lte=float(before_ms))))
         if keep_kb_version is not None:
             must_not.append(qe.FieldCondition("kb_version", match=qe.MatchValue(keep_kb_version)))
         flt = qe.Filter(must=must or None, must_not=must_not or None)

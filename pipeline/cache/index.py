@@ -69,7 +69,7 @@ class VectorIndex(Protocol):
 
     def purge(self, tenant: str, resolution_key: str | None = None, before_ms: int | None = None,
               keep_kb_version: str | None = None) -> None:
-        """Delete the tenant's entries (of one key; created before a time; of other KB versions)."""
+        """Delete the tenant's entries (of one key; created at or before a time; of other KB versions)."""
         ...
 
     def delete_expired(self, tenant: str, now_ms: int) -> None: ...

@@ -158,7 +158,7 @@ def judge(policy: HitPolicy, found: Evidence | None) -> Verdict:
         return miss(MISS_DISAGREE)
     if found.margin < policy.margin:
         return miss(MISS_MARGIN)
-    if found.contradicted:
+    if policy.negation_guard and found.contradicted:
         return miss(MISS_POLARITY)
     return Verdict(True, HIT, top.similarity, top.resolution_key, top.answer, found.considered, top.entry_id)
 

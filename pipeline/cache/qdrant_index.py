@@ -63,7 +63,7 @@ class QdrantServerIndex:
         if resolution_key is not None:
             more.append(models.FieldCondition(key="resolution_key", match=models.MatchValue(value=resolution_key)))
         if before_ms is not None:
-            more.append(models.FieldCondition(key="created_at", range=models.Range(lt=before_ms)))
+            more.append(models.FieldCondition(key="created_at", range=models.Range(lte=before_ms)))
         must_not = []
         if keep_kb_version is not None:
             must_not.append(models.FieldCondition(key="kb_version", match=models.MatchValue(value=keep_kb_version)))

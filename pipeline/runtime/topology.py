@@ -39,7 +39,7 @@ class WorkerContext:
     instance_id: str
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     _shared: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def shared(self, name: str, make: Callable[[], Any]) -> Any:
         with self._lock:
