@@ -27,7 +27,7 @@ from pipeline.admin import apply_topics
 from pipeline.client import TicketflowClient
 from pipeline.datasets import banking77_sample
 from pipeline.errors import ServiceError
-from pipeline.events import DeadLetter, TicketResolved, TicketSubmitted
+from pipeline.events import CacheUpdate, DeadLetter, TicketResolved, TicketSubmitted
 from pipeline.malformed import malformed_records
 from pipeline.settings import Settings
 
@@ -42,6 +42,7 @@ class DemoOptions:
     timeout_s: float = 600.0
     seed: int = 7
     tenant: str = "demo"
+    warm_csv: Path | None = None  # seed the cache with these labelled rows first
 
 
 @dataclass
@@ -142,6 +143,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     try:
         say(f"demo: {options.workers} worker process(es) started; waiting for them to join...")
         warm_up(client, run_id)
+        prepare_cache(client, settings, sorted({t.tenant_id for t in tickets}), options.warm_csv, run_id)
         say(f"demo: submitting {len(tickets)} tickets")
         bar = tqdm(total=len(tickets), desc="resolved", unit="ticket", file=sys.stderr)
 
@@ -193,6 +195,34 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         topic_prefix=settings.topic_prefix,
     )
     return report
+
+
+def prepare_cache(client: TicketflowClient, settings: Settings, tenants: list[str], warm_csv: Path | None,
+                  run_id: str, timeout_s: float = 300.0) -> None:
+    """Empty the tenants' caches (the demo shows the cache filling up), then seed them from
+    ``warm_csv`` and wait until a seeded question is answered from cache."""
+    now = int(time.time() * 1000)
+    client.cache_updates(CacheUpdate(tenant_id=t, op="purge", created_at=now) for t in tenants)
+    if warm_csv is None:
+        return
+    from pipeline.cache.seeding import seed_updates
+
+    for tenant in tenants:
+        updates = seed_updates(warm_csv, tenant, "1", now + 1, settings.cache_ttl_s * 1000)
+        client.cache_updates(updates)
+        say(f"demo: {len(updates)} cache entries sent for tenant {tenant}; waiting for the cache to load them...")
+        probe_text = updates[-1].text or ""
+        deadline = time.monotonic() + timeout_s
+        for attempt in range(10_000):
+            probe = TicketSubmitted(ticket_id=f"demo-{run_id}-probe-{tenant}-{attempt}", tenant_id=tenant,
+                                    body=probe_text)
+            client.submit([probe])
+            answered = next(iter(client.results(expect=1, ticket_ids={probe.ticket_id}, timeout_s=60)), None)
+            if answered is not None and answered.event.path == "cache":
+                break
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the cache did not load the --warm entries within {timeout_s:.0f} s")
+            time.sleep(1.0)
 
 
 def warm_up(client: TicketflowClient, run_id: str, timeout_s: float = 120.0) -> None:

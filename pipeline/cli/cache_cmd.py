@@ -133,34 +133,15 @@ def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_warm(args: argparse.Namespace, settings: Settings) -> int:
-    import csv
-
+    from pipeline.cache.seeding import seed_updates
     from pipeline.client import TicketflowClient
-    from pipeline.events import CacheUpdate
-    from pipeline.pii import redact
 
-    now = int(time.time() * 1000)
-    ttl_ms = settings.cache_ttl_s * 1000
     kb_version = _kb(settings).current(args.tenant)
-    updates = []
-    with args.seed.open(newline="", encoding="utf-8") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
-            text, label = (row.get("text") or "").strip(), (row.get("label") or row.get("category") or "").strip()
-            if not text or not label:
-                raise ConfigurationError(f"{args.seed}:{line}: a seed row needs text and label")
-            answer = (row.get("answer") or "").strip() or default_answer(label)
-            updates.append(CacheUpdate(tenant_id=args.tenant, op="upsert", created_at=now,
-                                       entry_id=f"seed:{line}:{label}", text=redact(text), answer=answer,
-                                       resolution_key=label, kb_version=kb_version, expires_at=now + ttl_ms))
+    updates = seed_updates(args.seed, args.tenant, kb_version, int(time.time() * 1000), settings.cache_ttl_s * 1000)
     sent = TicketflowClient(settings).cache_updates(updates)
     print(json.dumps({"tenant": args.tenant, "entries": sent, "kb_version": kb_version}) if args.json
           else f"sent {sent} cache entries for tenant {args.tenant} (kb version {kb_version})")
     return 0
-
-
-def default_answer(label: str) -> str:
-    """The answer a seed row without one gets: the help article of its resolution key."""
-    return f"Our help article '{label.replace('_', ' ')}' answers this: see the Help section of the app."
 
 
 def run_purge(args: argparse.Namespace, settings: Settings) -> int:

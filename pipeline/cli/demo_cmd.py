@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--rate", type=float, default=None, help="tickets per second (default: all at once)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for responses")
     parser.add_argument("--seed", type=int, default=7, help="sample seed")
+    parser.add_argument("--warm", type=Path, default=None, metavar="SEED_CSV",
+                        help="seed the cache with these labelled rows (text,label[,answer]) first; "
+                        "otherwise the demo tenants' caches start empty")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
 
@@ -34,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace, settings: Settings) -> int:
     report = run_demo(settings, DemoOptions(
         tickets=args.tickets, input_csv=args.input, workers=args.workers,
-        malformed=args.malformed, rate=args.rate, timeout_s=args.timeout, seed=args.seed,
+        malformed=args.malformed, rate=args.rate, timeout_s=args.timeout, seed=args.seed, warm_csv=args.warm,
     ))
     if args.json:
         print(json.dumps(report.as_json()))
