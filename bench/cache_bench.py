@@ -71,39 +71,62 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def accepted(client: TicketflowClient, ticket_id: str, text: str, now: int) -> None:
+    topic = client.topic("tickets.accepted")
+    ticket = TicketSubmitted(ticket_id=ticket_id, tenant_id="bench", body=text, cache_text=redact(text),
+                             created_at=now)
+    client.send_raw(topic, ticket_id.encode(), client.serde.encode("TicketSubmitted", to_record(ticket)))
+
+
+def wait_for_seeds(fresh: Settings, client: TicketflowClient, last_text: str, timeout_s: float = 300) -> None:
+    """The tenant's updates are applied in order: once the last seed row hits, all are in."""
+    deadline = time.monotonic() + timeout_s
+    with TopicReader(fresh.kafka_common(), client.topic("tickets.responses")) as responses:
+        attempt = 0
+        while time.monotonic() < deadline:
+            accepted(client, f"probe-{attempt}", last_text, int(time.time() * 1000))
+            client.flush()
+            attempt += 1
+            until = time.monotonic() + 2
+            while time.monotonic() < until:
+                if responses.poll(timeout_s=0.1):
+                    return
+    raise RuntimeError("the cache worker did not load the seed entries in time")
+
+
 def stage_throughput(settings: Settings, n: int, log_dir: Path) -> dict[str, Any]:
     tune, holdout = banking77_split()
     fresh = settings.model_copy(update={"topic_prefix": f"bench-{uuid.uuid4().hex[:8]}."})
     apply_topics(fresh)
     try:
         client = TicketflowClient(fresh)
+        worker = WorkerProcess(fresh, log_dir / "cache-bench-worker.log", "cache").start()
+        assert worker.proc is not None
         now = int(time.time() * 1000)
         client.cache_updates(CacheUpdate(tenant_id="bench", op="upsert", created_at=now, entry_id=f"s{i}",
                                          text=redact(r.text), answer=f"answer {r.label}", resolution_key=r.label,
                                          kb_version="1", expires_at=now + 86_400_000) for i, r in enumerate(tune))
-        topic = client.topic("tickets.accepted")
-        queries = [holdout[i % len(holdout)] for i in range(n)]
-        for i, q in enumerate(queries):
-            ticket = TicketSubmitted(ticket_id=f"b{i}", tenant_id="bench", body=q.text, cache_text=redact(q.text),
-                                     created_at=now)
-            client.send_raw(topic, ticket.ticket_id.encode(), client.serde.encode("TicketSubmitted", to_record(ticket)))
-        client.flush()
-        say(f"stage: {len(tune)} entries seeded, {n} tickets loaded; starting the cache worker")
-        worker = WorkerProcess(fresh, log_dir / "cache-bench-worker.log", "cache").start()
-        assert worker.proc is not None
+        say(f"stage: {len(tune)} entries sent; waiting for the cache worker to load them")
+        wait_for_seeds(fresh, client, tune[-1].text)
         stamps: list[int] = []
         hits = 0
         try:
             with TopicReader(fresh.kafka_common(), client.topic("tickets.responses")) as responses, \
                     TopicReader(fresh.kafka_common(), client.topic("tickets.uncached")) as uncached:
+                for i in range(n):
+                    accepted(client, f"b{i}", holdout[i % len(holdout)].text, now)
+                client.flush()
+                say(f"stage: {n} tickets loaded")
                 deadline = time.monotonic() + 900
                 while len(stamps) < n and time.monotonic() < deadline:
                     for reader, is_hit in ((responses, True), (uncached, False)):
                         for message in reader.poll(timeout_s=0.05):
+                            if not (message.key() or b"").startswith(b"b"):
+                                continue  # a probe
                             stamps.append(message.timestamp()[1])
                             hits += is_hit
-                    if stamps and len(stamps) % 1000 < 20:
-                        say(f"  stage: {len(stamps)}/{n}")
+                            if len(stamps) % 1000 == 0:
+                                say(f"  stage: {len(stamps)}/{n}")
             rss = peak_rss_mb(worker.proc.pid)
         finally:
             worker.stop()
@@ -187,12 +210,16 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=["encode", "stage", "lookup"], default=None, help="run one part")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     settings = load_settings()
     services.up(settings, adopt=True)
     args.out.mkdir(parents=True, exist_ok=True)
     texts = [redact(r.text) for r in banking77_split()[1]]
+    if args.only == "stage":  # a quick look while tuning; writes nothing
+        print(json.dumps(stage_throughput(settings, args.tickets, args.out)))
+        return 0
     encode = encode_throughput(settings, texts, args.repeat)
     stage = stage_throughput(settings, args.tickets, args.out)
     say(f"stage: {stage['tickets_per_s']:.0f} tickets/s, worker peak RSS {stage['worker_peak_rss_mb']:.0f} MB")

@@ -105,7 +105,9 @@ class Settings(BaseSettings):
         "(JSON list), beside answers not marked cacheable, tool answers and escalations.")
     embedding_backend: Literal["onnx-int8", "onnx", "torch"] = Field(
         default="onnx-int8", description="TICKETFLOW_EMBEDDING_BACKEND: onnx-int8 (default), onnx or torch")
-    embedding_max_batch: int = Field(default=256, ge=1)
+    # Texts encoded together; the cache stage submits 64 at a time so that encoding the next
+    # chunk overlaps searching the last one (bench/cache_bench.py).
+    embedding_max_batch: int = Field(default=64, ge=1)
     embedding_max_wait_ms: float = Field(default=5.0, ge=0)
     embedding_threads: int | None = Field(default=None, ge=1)
 

@@ -18,12 +18,15 @@ import numpy as np
 import numpy.typing as npt
 import qdrant_edge as qe
 
-from pipeline.cache.index import StoredEntry, neighbour_from_payload, point_id, tenant_slug
+from pipeline.cache.index import DECISION_FIELDS, StoredEntry, neighbour_from_payload, point_id, tenant_slug
 from pipeline.cache.policy import Neighbour
 
 VECTOR = "text"
 _INDEXED = (("expires_at", qe.PayloadSchemaType.Integer), ("created_at", qe.PayloadSchemaType.Integer),
             ("kb_version", qe.PayloadSchemaType.Keyword), ("resolution_key", qe.PayloadSchemaType.Keyword))
+
+
+_DECISION_FIELDS = qe.PayloadSelector.Include(list(DECISION_FIELDS))
 
 
 def live_filter(now_ms: int, kb_version: str) -> qe.Filter:
@@ -80,12 +83,20 @@ class EdgeIndex:
         if shard is None:
             return [[] for _ in range(len(vectors))]
         flt = live_filter(now_ms, kb_version)
-        results = []
-        for vector in vectors:
-            points = shard.query(qe.QueryRequest(limit=limit, query=qe.Query.Nearest(vector.tolist(), VECTOR),
-                                                 filter=flt, with_payload=True))
-            results.append([neighbour_from_payload(p.score, p.payload or {}) for p in points])
-        return results
+        # Only what the decision reads: payload retrieval was half the search time here.
+        requests = [qe.QueryRequest(limit=limit, query=qe.Query.Nearest(vector.tolist(), VECTOR), filter=flt,
+                                    with_payload=_DECISION_FIELDS) for vector in vectors]
+        # One planned batch: the searches share a pass over the segments.
+        found = shard.query_batch(qe.QueryBatchRequest(requests)) if len(requests) > 1 else [
+            shard.query(requests[0])]
+        return [[neighbour_from_payload(p.score, p.payload or {}) for p in points] for points in found]
+
+    def answer(self, tenant: str, entry_id: str) -> str | None:
+        shard = self._shard(tenant, create=False)
+        if shard is None:
+            return None
+        records = shard.retrieve([point_id(tenant, entry_id)], qe.PayloadSelector.Include(["answer"]), False)
+        return str((records[0].payload or {})["answer"]) if records else None
 
     def purge(self, tenant: str, resolution_key: str | None = None, before_ms: int | None = None,
               keep_kb_version: str | None = None) -> None:

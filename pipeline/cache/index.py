@@ -51,9 +51,13 @@ def tenant_slug(tenant: str) -> str:
     return f"{safe}-{hashlib.sha256(tenant.encode()).hexdigest()[:12]}"
 
 
+#: The payload a search returns: what the hit decision reads. The answer is fetched for hits only.
+DECISION_FIELDS = ("entry_id", "resolution_key", "text")
+
+
 def neighbour_from_payload(score: float, payload: dict[str, Any]) -> Neighbour:
     return Neighbour(similarity=float(score), resolution_key=str(payload["resolution_key"]),
-                     text=str(payload["text"]), answer=str(payload["answer"]),
+                     text=str(payload["text"]), answer=payload.get("answer"),
                      entry_id=str(payload["entry_id"]))
 
 
@@ -64,7 +68,14 @@ class VectorIndex(Protocol):
 
     def search(self, tenant: str, vectors: npt.NDArray[np.float32], limit: int, now_ms: int,
                kb_version: str) -> list[list[Neighbour]]:
-        """The live entries nearest to each vector, most similar first (cosine similarity)."""
+        """The live entries nearest to each vector, most similar first (cosine similarity).
+
+        Neighbours carry ``DECISION_FIELDS``; their ``answer`` may be None (see :meth:`answer`).
+        """
+        ...
+
+    def answer(self, tenant: str, entry_id: str) -> str | None:
+        """The stored answer of one entry (None when it is gone)."""
         ...
 
     def purge(self, tenant: str, resolution_key: str | None = None, before_ms: int | None = None,

@@ -45,7 +45,7 @@ class Neighbour:
     similarity: float
     resolution_key: str
     text: str
-    answer: str
+    answer: str | None  # None when the index returned the decision fields only
     entry_id: str
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 
-from pipeline.cache.index import StoredEntry, neighbour_from_payload, point_id
+from pipeline.cache.index import DECISION_FIELDS, StoredEntry, neighbour_from_payload, point_id
 from pipeline.cache.policy import Neighbour
 
 
@@ -52,10 +52,16 @@ class QdrantServerIndex:
             return []
         flt = self._tenant(tenant, models.FieldCondition(key="expires_at", range=models.Range(gt=now_ms)),
                            models.FieldCondition(key="kb_version", match=models.MatchValue(value=kb_version)))
-        requests = [models.QueryRequest(query=v.tolist(), filter=flt, limit=limit, with_payload=True)
+        requests = [models.QueryRequest(query=v.tolist(), filter=flt, limit=limit, with_payload=list(DECISION_FIELDS))
                     for v in vectors]
         responses = self.client.query_batch_points(self.collection, requests=requests)
         return [[neighbour_from_payload(p.score, p.payload or {}) for p in r.points] for r in responses]
+
+    def answer(self, tenant: str, entry_id: str) -> str | None:
+        records = self.client.retrieve(self.collection, [point_id(tenant, entry_id)], with_payload=["answer", "tenant"])
+        if not records or (records[0].payload or {}).get("tenant") != tenant:
+            return None
+        return str((records[0].payload or {})["answer"])
 
     def purge(self, tenant: str, resolution_key: str | None = None, before_ms: int | None = None,
               keep_kb_version: str | None = None) -> None:

@@ -11,15 +11,17 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from pipeline.cache.embedder import Embedder
 from pipeline.cache.index import StoredEntry, VectorIndex
 from pipeline.cache.metrics import CacheMetrics
-from pipeline.cache.policy import HitPolicy, Verdict, decide
+from pipeline.cache.policy import MISS_EMPTY, HitPolicy, Verdict, decide
 from pipeline.errors import ConfigurationError
 from pipeline.events import CacheUpdate
 from pipeline.pii import redact
@@ -72,7 +74,7 @@ class PolicyBook:
 class SemanticCache:
     def __init__(self, embedder: Embedder, index: VectorIndex, clock: Clock, policies: PolicyBook | None = None,
                  kb_versions: KbVersions | None = None, metrics: CacheMetrics | None = None,
-                 ttl_s: int = 7 * 24 * 3600) -> None:
+                 ttl_s: int = 7 * 24 * 3600, chunk: int = 64) -> None:
         self.embedder = embedder
         self.index = index
         self.clock = clock
@@ -80,6 +82,7 @@ class SemanticCache:
         self.kb_versions = kb_versions or FixedKbVersions()
         self.metrics = metrics
         self.ttl_ms = ttl_s * 1000
+        self.chunk = chunk
         self._lock = threading.Lock()  # the index is shared by the lookup and follower threads
         self._on_close: list[Callable[[], None]] = []
 
@@ -96,14 +99,35 @@ class SemanticCache:
             close()
 
     def lookup_many(self, queries: Sequence[tuple[str, str]]) -> list[Verdict]:
-        """Verdicts for (tenant, text) pairs; texts are embedded together (one micro-batch)."""
-        if not queries:
-            return []
-        started = time.perf_counter()
-        vectors = self.embedder.encode([text for _, text in queries])
-        embedded = time.perf_counter()
-        if self.metrics:
-            self.metrics.embed_seconds.observe(embedded - started)
+        """Verdicts for (tenant, text) pairs.
+
+        The texts go to the embedder in chunks of ``chunk`` (all submitted at once, so that
+        the embedder's thread encodes chunk i+1 while this thread searches and decides chunk i).
+        """
+        # Chunks of similar length: padding to the longest text of a chunk is the encoder's waste.
+        order = sorted(range(len(queries)), key=lambda i: len(queries[i][1]))
+        ordered = [queries[i] for i in order]
+        chunks = [ordered[i:i + self.chunk] for i in range(0, len(ordered), self.chunk)]
+        submit = getattr(self.embedder, "submit", None)
+        found: list[Verdict] = []
+        if submit is None:
+            for part in chunks:
+                found.extend(self._lookup_chunk(part, self.embedder.encode([t for _, t in part])))
+        else:
+            started = time.perf_counter()
+            futures = [submit([text for _, text in part]) for part in chunks]
+            for part, future in zip(chunks, futures, strict=True):
+                vectors = future.result()
+                if self.metrics:
+                    self.metrics.embed_seconds.observe(time.perf_counter() - started)
+                found.extend(self._lookup_chunk(part, vectors))
+                started = time.perf_counter()
+        verdicts: list[Verdict | None] = [None] * len(queries)
+        for position, verdict in zip(order, found, strict=True):
+            verdicts[position] = verdict
+        return [v for v in verdicts if v is not None]
+
+    def _lookup_chunk(self, queries: Sequence[tuple[str, str]], vectors: npt.NDArray[np.float32]) -> list[Verdict]:
         by_tenant: dict[str, list[int]] = {}
         for i, (tenant, _) in enumerate(queries):
             by_tenant.setdefault(tenant, []).append(i)
@@ -116,6 +140,12 @@ class SemanticCache:
                 found = self.index.search(tenant, vectors[rows], policy.k, now, self.kb_versions.current(tenant))
             for row, neighbours in zip(rows, found, strict=True):
                 verdict = decide(policy, queries[row][1], neighbours)
+                if verdict.hit and verdict.answer is None and verdict.entry_id is not None:
+                    with self._lock:
+                        answer = self.index.answer(tenant, verdict.entry_id)
+                    # purged between the search and now: a miss, never a hit without an answer
+                    verdict = replace(verdict, answer=answer) if answer is not None else replace(
+                        verdict, hit=False, reason=MISS_EMPTY)
                 verdicts[row] = verdict
                 if self.metrics:
                     self.metrics.observe(tenant, verdict)

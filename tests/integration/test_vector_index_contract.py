@@ -51,7 +51,14 @@ def test_nearest_first_with_cosine_similarity(index: VectorIndex) -> None:
     found = index.search("acme", unit(1, 0.1)[None, :], 10, NOW, "1")[0]
     assert [n.entry_id for n in found] == ["a", "b"]
     assert found[0].similarity == pytest.approx(float(unit(1, 0.1) @ unit(1, 0)), abs=1e-4)
-    assert found[0].resolution_key == "k1" and found[0].answer == "answer a" and found[0].text == "text a"
+    assert found[0].resolution_key == "k1" and found[0].text == "text a"
+    assert index.answer("acme", "a") == "answer a"  # answers are fetched for hits only
+
+
+def test_answers_are_partitioned_too(index: VectorIndex) -> None:
+    index.upsert("acme", [entry("a", "k")], unit(1)[None, :])
+    assert index.answer("acme", "a") == "answer a"
+    assert index.answer("globex", "a") is None and index.answer("acme", "missing") is None
 
 
 def test_tenants_are_hard_partitions(index: VectorIndex) -> None:
