@@ -30,6 +30,9 @@ def live_services(base_settings: Settings) -> Iterator[Settings]:
     # Raises ServiceError (a test error, not a skip) when a service cannot be had. A service
     # already answering on the local port (another checkout's) is adopted, not fought over.
     ours_now = {s.name for s in services.up(base_settings, adopt=True) if s.managed}
+    # The first start of a cache worker exports the model to ONNX (once per state directory);
+    # do it here, so that no test's worker spends its start-up time on it.
+    build_embedder(base_settings).close()
     yield base_settings
     for svc in services.services(base_settings):
         if svc.name in ours_now - ours_before:
