@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from pipeline.cache.embedder import MicroBatcher, SentenceTransformerEmbedder
@@ -11,6 +12,7 @@ from pipeline.cache.semantic_cache import KbVersions, PolicyBook, SemanticCache
 from pipeline.processing import SystemClock
 from pipeline.settings import Settings
 
+log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 60.0
 
 
@@ -42,11 +44,14 @@ def build_cache(settings: Settings, instance_id: str, kb_versions: KbVersions,
                           PolicyBook.load(settings.cache_policy_file), kb_versions, metrics, settings.cache_ttl_s)
     stop = threading.Event()
 
-    def sweep() -> None:
+    def upkeep() -> None:
         while not stop.wait(SWEEP_INTERVAL_S):
-            cache.sweep()
+            try:
+                cache.maintain()
+            except Exception:  # upkeep must not kill the worker; the next round tries again
+                log.exception("cache upkeep failed")
 
     cache.sweep()
-    threading.Thread(target=sweep, name="ticketflow-cache-sweep", daemon=True).start()
+    threading.Thread(target=upkeep, name="ticketflow-cache-upkeep", daemon=True).start()
     cache.on_close(stop.set)
     return cache

@@ -82,3 +82,14 @@ def test_pii_is_redacted_before_it_is_stored(cache: SemanticCache) -> None:
     texts = [n.text for n in found[0]]
     assert "My card <CARD> was declined, mail <EMAIL>" in texts
     assert not any("4111" in t or "example.com" in t for t in texts)
+
+
+def test_upkeep_indexes_new_entries_and_drops_expired_ones(cache: SemanticCache) -> None:
+    clock = cache.clock
+    assert isinstance(clock, FixedClock)
+    entries = cache.index.count("acme")
+    cache.maintain()  # builds the index of what was written; searches still answer
+    assert cache.index.count("acme") == entries and cache.lookup("acme", "When will my new card arrive?").hit
+    clock.now = 1_000_000 + 60_001
+    cache.maintain()
+    assert cache.index.count("acme") == 0
