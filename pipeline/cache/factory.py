@@ -45,7 +45,11 @@ def build_cache(settings: Settings, instance_id: str, kb_versions: KbVersions,
     stop = threading.Event()
 
     def upkeep() -> None:
-        while not stop.wait(SWEEP_INTERVAL_S):
+        while not stop.is_set():
+            cache.upkeep_due.wait(SWEEP_INTERVAL_S)
+            cache.upkeep_due.clear()
+            if stop.is_set():
+                return
             try:
                 cache.maintain()
             except Exception:  # upkeep must not kill the worker; the next round tries again
@@ -53,5 +57,9 @@ def build_cache(settings: Settings, instance_id: str, kb_versions: KbVersions,
 
     cache.sweep()
     threading.Thread(target=upkeep, name="ticketflow-cache-upkeep", daemon=True).start()
-    cache.on_close(stop.set)
+    def stop_upkeep() -> None:
+        stop.set()
+        cache.upkeep_due.set()
+
+    cache.on_close(stop_upkeep)
     return cache

@@ -28,6 +28,9 @@ from pipeline.pii import redact
 from pipeline.processing import Clock
 
 DEFAULT_KB_VERSION = "1"
+#: New entries after which the upkeep indexes at once: an unindexed 8,000-entry shard answered
+#: a query in 2.3 ms, indexed in 0.7 ms (bench notes in the README).
+OPTIMIZE_AFTER = 1000
 
 
 class KbVersions(Protocol):
@@ -84,6 +87,8 @@ class SemanticCache:
         self.ttl_ms = ttl_s * 1000
         self.chunk = chunk
         self._written_since_optimize = 0
+        #: set when enough was written that the upkeep should index it now, not at its next round
+        self.upkeep_due = threading.Event()
         self._lock = threading.Lock()  # the index is shared by the lookup and follower threads
         self._on_close: list[Callable[[], None]] = []
 
@@ -193,6 +198,8 @@ class SemanticCache:
         for i, update in enumerate(updates):
             by_tenant.setdefault(update.tenant_id, []).append(i)
         self._written_since_optimize += len(updates)
+        if self._written_since_optimize >= OPTIMIZE_AFTER:
+            self.upkeep_due.set()
         if self.metrics:
             self.metrics.writes.labels("upsert").inc(len(updates))
         for tenant, rows in by_tenant.items():
