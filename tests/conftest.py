@@ -7,6 +7,7 @@ this session started them). A missing service fails the tests that need it: neve
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -47,6 +48,9 @@ def settings(live_services: Settings) -> Iterator[Settings]:
     apply_topics(fresh)
     yield fresh
     delete_topics(fresh)
+    # the embedded cache replicas of this test's workers (named after the prefix)
+    for replica in (fresh.state_dir / "cache").glob(f"{fresh.topic_prefix}*"):
+        shutil.rmtree(replica, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
