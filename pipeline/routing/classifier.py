@@ -1,0 +1,77 @@
+"""The router's intent classifier: nearest labelled examples, with an abstain decision.
+
+Deterministic for a given model and example set. The decision is the semantic cache's
+(:mod:`pipeline.cache.policy`) over a fixed set of labelled examples instead of cached
+answers: the nearest examples must agree on the intent by a similarity-weighted vote, with
+a floor, a margin to the next intent and the negation guard; otherwise the classifier
+abstains and the router hands the ticket on. It takes the embeddings the cache stage
+computed when they come with the ticket, so a ticket is embedded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.cache.embedder import Embedder
+from pipeline.cache.policy import HitPolicy, Neighbour, decide
+from pipeline.datasets import LabelledQuery
+from pipeline.pii import redact
+
+
+@dataclass(frozen=True, slots=True)
+class IntentDecision:
+    intent: str | None  # None: abstain
+    reason: str  # "hit" or the policy's miss reason
+    similarity: float | None
+    nearest: str | None  # the nearest example's intent, also when abstaining
+
+
+class IntentClassifier:
+    def __init__(self, examples: Sequence[LabelledQuery], vectors: npt.NDArray[np.float32],
+                 policy: HitPolicy | None = None) -> None:
+        if len(examples) != len(vectors):
+            raise ValueError(f"{len(examples)} examples but {len(vectors)} vectors")
+        self.examples = list(examples)
+        self.texts = [redact(e.text) for e in examples]
+        self.vectors = vectors
+        self.policy = policy or HitPolicy()
+
+    @classmethod
+    def fit(cls, embedder: Embedder, examples: Sequence[LabelledQuery], policy: HitPolicy | None = None,
+            cache_dir: Path | None = None) -> IntentClassifier:
+        """Embed the examples (or load them from ``cache_dir``, keyed by model and examples)."""
+        texts = [redact(e.text) for e in examples]
+        path = None
+        if cache_dir is not None:
+            digest = hashlib.sha256("\x00".join([embedder.name, *texts]).encode()).hexdigest()[:16]
+            path = cache_dir / f"intent-examples-{digest}.npy"
+            if path.exists():
+                return cls(examples, np.load(path), policy)
+        vectors = embedder.encode(texts)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, vectors)
+        return cls(examples, vectors, policy)
+
+    def classify(self, texts: Sequence[str], vectors: npt.NDArray[np.float32]) -> list[IntentDecision]:
+        """One decision per text, given its (L2-normalised) embedding."""
+        if len(texts) == 0:
+            return []
+        sims = vectors @ self.vectors.T
+        k = min(self.policy.k, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        decisions = []
+        for row, text in enumerate(texts):
+            ordered = top[row][np.argsort(-sims[row, top[row]])]
+            neighbours = [Neighbour(float(sims[row, j]), self.examples[j].label, self.texts[j], None, str(j))
+                          for j in ordered]
+            verdict = decide(self.policy, text, neighbours)
+            decisions.append(IntentDecision(verdict.resolution_key if verdict.hit else None, verdict.reason,
+                                            verdict.similarity, verdict.resolution_key))
+        return decisions
