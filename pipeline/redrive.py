@@ -42,7 +42,7 @@ def matching(letters: list[DeadLetter], processor: str | None, error_class: str 
 def redrive(client: TicketflowClient, store: redis.Redis[bytes], *, processor: str | None = None,
             error_class: str | None = None, dry_run: bool = False, force: bool = False) -> RedriveReport:
     letters = matching([r.event for r in client.dead_letters(timeout_s=30)], processor, error_class)
-    done_key = f"ticketflow:{client.settings.topic_prefix}redriven"
+    done_key = f"{client.settings.redis_key_prefix()}redriven"
     report = RedriveReport(matched=len(letters),
                            by_error_class=dict(Counter(d.error_class for d in letters)))
     try:

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
             return self.kafka_bootstrap_servers
         return f"127.0.0.1:{self.local_kafka_port}"
 
+    def redis_key_prefix(self) -> str:
+        """Prefix of every Redis key (claims, KB versions, redrive marks), per topic prefix."""
+        return f"ticketflow:{self.topic_prefix}"
+
     def redis_location(self) -> str:
         return self.redis_url or f"redis://127.0.0.1:{self.local_redis_port}/0"
 

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.cache.semantic_cache import SemanticCache
+from pipeline.cache.semantic_cache import SemanticCache, missing_fields
 from pipeline.events import CacheUpdate
 from pipeline.processing import Emit, Failure, Outcome
-
-REQUIRED_FOR_UPSERT = ("entry_id", "text", "answer", "resolution_key", "kb_version", "expires_at")
 
 
 def problem(update: CacheUpdate) -> str | None:
     if not update.tenant_id:
         return "tenant_id is empty"
     if update.op == "upsert":
-        missing = [name for name in REQUIRED_FOR_UPSERT if getattr(update, name) in (None, "")]
+        missing = missing_fields(update)
         if missing:
             return f"upsert lacks {', '.join(missing)}"
     return None

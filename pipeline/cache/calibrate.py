@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.cache.embedder import MicroBatcher
-from pipeline.cache.policy import Evidence, HitPolicy, Neighbour, evidence
+from pipeline.cache.policy import Evidence, HitPolicy, evidence, exact_neighbours
 from pipeline.datasets import LabelledQuery
 from pipeline.pii import redact
 
@@ -80,18 +80,6 @@ class Calibration:
                 "candidates": self.candidates}
 
 
-def _neighbours(query_vectors: npt.NDArray[np.float32], seed_vectors: npt.NDArray[np.float32],
-                seed: Sequence[LabelledQuery], seed_texts: Sequence[str], limit: int) -> list[list[Neighbour]]:
-    sims = query_vectors @ seed_vectors.T
-    limit = min(limit, sims.shape[1])
-    top = np.argpartition(-sims, limit - 1, axis=1)[:, :limit]
-    out = []
-    for row, candidates in enumerate(top):
-        ordered = candidates[np.argsort(-sims[row, candidates])]
-        out.append([Neighbour(float(sims[row, j]), seed[j].label, seed_texts[j], "", str(j)) for j in ordered])
-    return out
-
-
 def calibrate(batcher: MicroBatcher, rows: Sequence[LabelledQuery], target_precision: float, folds: int = 5,
               seed: int = 7, base: HitPolicy | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> Calibration:
@@ -110,8 +98,8 @@ def calibrate(batcher: MicroBatcher, rows: Sequence[LabelledQuery], target_preci
     columns: dict[int, list[Columns]] = {i: [] for i in range(len(shapes))}
     for f, part in enumerate(parts):
         rest = [i for g, p in enumerate(parts) if g != f for i in p]
-        found = _neighbours(vectors[part], vectors[rest], [rows[i] for i in rest], [texts[i] for i in rest],
-                            int(max(SHAPES["k"])))
+        found = exact_neighbours(vectors[part], vectors[rest], [rows[i].label for i in rest],
+                                 [texts[i] for i in rest], int(max(SHAPES["k"])))
         labels = [rows[i].label for i in part]
         for s, shape in enumerate(shapes):
             policy = replace(base, **shape)

@@ -14,6 +14,11 @@ LABEL_COLUMNS = ("label", "category")
 
 def read_labelled(path: Path, require_label: bool = True) -> list[LabelledQuery]:
     """Rows of a CSV with a ``text`` column and a ``label`` (or ``category``) column."""
+    return [query for query, _ in read_labelled_rows(path, require_label)]
+
+
+def read_labelled_rows(path: Path, require_label: bool = True) -> list[tuple[LabelledQuery, dict[str, str]]]:
+    """Each row as a labelled query and the raw row (for optional columns such as ``answer``)."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -29,7 +34,7 @@ def read_labelled(path: Path, require_label: bool = True) -> list[LabelledQuery]
                 label = (row.get(label_column) or "").strip() if label_column else ""
                 if not text or (require_label and not label):
                     raise ConfigurationError(f"{path}:{line}: empty text or label")
-                rows.append(LabelledQuery(text, label))
+                rows.append((LabelledQuery(text, label), {k: v or "" for k, v in row.items() if k}))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigurationError(f"cannot read {path}: {exc}") from exc
     if not rows:

@@ -26,6 +26,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from pipeline.cache.polarity import Polarity, polarity
 from pipeline.errors import ConfigurationError
 
@@ -167,3 +170,17 @@ def decide(policy: HitPolicy, query: str, neighbours: Sequence[Neighbour],
            query_polarity: Polarity | None = None) -> Verdict:
     """The verdict for ``query`` given its nearest entries, most similar first."""
     return judge(policy, evidence(policy, query, neighbours, query_polarity))
+
+
+def exact_neighbours(queries: npt.NDArray[np.float32], vectors: npt.NDArray[np.float32], labels: Sequence[str],
+                     texts: Sequence[str], k: int) -> list[list[Neighbour]]:
+    """The ``k`` nearest of ``vectors`` (L2-normalised) to each query by exact cosine search,
+    most similar first; for labelled sets held in memory (calibration, the intent classifier)."""
+    sims = queries @ vectors.T
+    k = min(k, sims.shape[1])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    found = []
+    for row, candidates in enumerate(top):
+        ordered = candidates[np.argsort(-sims[row, candidates])]
+        found.append([Neighbour(float(sims[row, j]), labels[j], texts[j], None, str(j)) for j in ordered])
+    return found

@@ -233,9 +233,16 @@ class SemanticCache:
         return counts
 
 
+#: What an upsert must carry to become an entry.
+REQUIRED_FOR_UPSERT = ("entry_id", "text", "answer", "resolution_key", "kb_version", "expires_at")
+
+
+def missing_fields(update: CacheUpdate) -> list[str]:
+    return [name for name in REQUIRED_FOR_UPSERT if getattr(update, name) in (None, "")]
+
+
 def _stored(update: CacheUpdate) -> StoredEntry:
-    missing = [name for name in ("entry_id", "text", "answer", "resolution_key", "kb_version", "expires_at")
-               if getattr(update, name) is None]
+    missing = missing_fields(update)
     if missing:
         raise ValueError(f"cache upsert for tenant {update.tenant_id} lacks {', '.join(missing)}")
     values: dict[str, Any] = {name: getattr(update, name) for name in

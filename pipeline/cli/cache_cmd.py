@@ -161,7 +161,7 @@ def _kb(settings: Settings) -> RedisKbVersions:
     from pipeline.adapters.redis_kb import RedisKbVersions
     from pipeline.runtime.topology import redis_client
 
-    return RedisKbVersions(redis_client(settings), f"ticketflow:{settings.topic_prefix}", refresh_s=0)
+    return RedisKbVersions(redis_client(settings), settings.redis_key_prefix(), refresh_s=0)
 
 
 def run_kb_version(args: argparse.Namespace, settings: Settings) -> int:

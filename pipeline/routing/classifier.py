@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.cache.embedder import Embedder
-from pipeline.cache.policy import HitPolicy, Neighbour, decide
+from pipeline.cache.policy import HitPolicy, decide, exact_neighbours
 from pipeline.datasets import LabelledQuery
 from pipeline.pii import redact
 
@@ -39,6 +39,7 @@ class IntentClassifier:
             raise ValueError(f"{len(examples)} examples but {len(vectors)} vectors")
         self.examples = list(examples)
         self.texts = [redact(e.text) for e in examples]
+        self.labels = [e.label for e in examples]
         self.vectors = vectors
         self.policy = policy or HitPolicy()
 
@@ -63,14 +64,9 @@ class IntentClassifier:
         """One decision per text, given its (L2-normalised) embedding."""
         if len(texts) == 0:
             return []
-        sims = vectors @ self.vectors.T
-        k = min(self.policy.k, sims.shape[1])
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        found = exact_neighbours(vectors, self.vectors, self.labels, self.texts, self.policy.k)
         decisions = []
-        for row, text in enumerate(texts):
-            ordered = top[row][np.argsort(-sims[row, top[row]])]
-            neighbours = [Neighbour(float(sims[row, j]), self.examples[j].label, self.texts[j], None, str(j))
-                          for j in ordered]
+        for text, neighbours in zip(texts, found, strict=True):
             verdict = decide(self.policy, text, neighbours)
             decisions.append(IntentDecision(verdict.resolution_key if verdict.hit else None, verdict.reason,
                                             verdict.similarity, verdict.resolution_key))

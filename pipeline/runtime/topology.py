@@ -52,7 +52,7 @@ class WorkerContext:
         return client
 
     def key_prefix(self) -> str:
-        return f"ticketflow:{self.settings.topic_prefix}"
+        return self.settings.redis_key_prefix()
 
     def close(self) -> None:
         cache = self._shared.get("cache")

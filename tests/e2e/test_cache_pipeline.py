@@ -99,7 +99,7 @@ def test_a_new_knowledge_base_version_and_a_purge_invalidate(settings: Settings,
     wait_for_path(client, "versioned", QUESTION, "cache")
     wait_for_path(client, "purged", QUESTION, "cache")
 
-    RedisKbVersions(redis_client(settings), f"ticketflow:{settings.topic_prefix}").set("versioned", "2")
+    RedisKbVersions(redis_client(settings), settings.redis_key_prefix()).set("versioned", "2")
     time.sleep(1.5)  # workers re-read a tenant's version at most once a second
     assert answer(client, "versioned", QUESTION).path == "escalated"
 
