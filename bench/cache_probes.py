@@ -1,0 +1,137 @@
+"""The cache's secondary measurements quoted in the README, each reproducible here.
+
+1. guard: the 32 polarity-reversed questions (tests/data/polarity_reversed.csv) against the
+   banking77 tune part, with and without the negation guard: how many get the reversed answer.
+2. out-of-scope: (a) the 60 hand-written questions of tests/data/out_of_scope.txt; (b) a hard
+   proxy, 15 banking77 intents (seeded choice) left out of the seed and asked anyway.
+3. backends: the held-out evaluation with onnx-int8 and with onnx (float32) embeddings.
+4. indexing: single-query search latency in Qdrant Edge before and after the HNSW index is
+   built, at 8,005 and 60,000 entries (jittered real vectors).
+
+    PYTHONPATH=. .venv/bin/python bench/cache_probes.py --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.cache.edge_index import EdgeIndex
+from pipeline.cache.embedder import MicroBatcher, SentenceTransformerEmbedder
+from pipeline.cache.evaluation import evaluate
+from pipeline.cache.index import StoredEntry
+from pipeline.cache.policy import HitPolicy, judge
+from pipeline.datasets import LabelledQuery, banking77_split
+from pipeline.demo import percentile
+from pipeline.pii import redact
+from pipeline.settings import load_settings
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def guard(embedder: SentenceTransformerEmbedder, tune: list[LabelledQuery]) -> dict[str, Any]:
+    with (DATA / "polarity_reversed.csv").open() as handle:
+        rows = [LabelledQuery(r["text"], r["reversed_label"]) for r in csv.DictReader(handle)]
+    served = {}
+    for on in (True, False):
+        policy = HitPolicy(negation_guard=on)
+        result = evaluate(embedder, tune, rows, policy)
+        served["with_guard" if on else "without_guard"] = sum(
+            1 for row, found in zip(rows, result.evidence, strict=True)
+            if (v := judge(policy, found)).hit and v.resolution_key == row.label)
+    return {"reversed_questions": len(rows), "served_reversed_answer": served}
+
+
+def out_of_scope(embedder: SentenceTransformerEmbedder, tune: list[LabelledQuery],
+                 holdout: list[LabelledQuery]) -> dict[str, Any]:
+    texts = [t.strip() for t in (DATA / "out_of_scope.txt").read_text().splitlines() if t.strip()]
+    written = evaluate(embedder, tune, [LabelledQuery(t, "out_of_scope") for t in texts], HitPolicy()).scores
+    labels = sorted({r.label for r in tune})
+    left_out = set(random.Random(7).sample(labels, 15))
+    proxy = evaluate(embedder, [r for r in tune if r.label not in left_out], holdout, HitPolicy()).scores
+    return {"hand_written": {"queries": written.queries, "hits": written.hits},
+            "left_out_intents": {"intents": 15, "queries": proxy.out_of_scope,
+                                 "out_of_scope_hit_rate": proxy.to_dict()["out_of_scope_hit_rate"],
+                                 "in_scope_precision": round(proxy.precision, 4)}}
+
+
+def backends(settings_dir: Path, tune: list[LabelledQuery], holdout: list[LabelledQuery]) -> dict[str, Any]:
+    out = {}
+    for backend in ("onnx-int8", "onnx"):
+        embedder = SentenceTransformerEmbedder(backend=backend, export_dir=settings_dir / "models")
+        scores = evaluate(embedder, tune, holdout, HitPolicy()).scores
+        out[backend] = {"hit_rate": round(scores.hit_rate, 4), "precision": round(scores.precision, 4)}
+        say(f"backend {backend}: {out[backend]}")
+    return out
+
+
+def indexing(embedder: SentenceTransformerEmbedder, tune: list[LabelledQuery], holdout: list[LabelledQuery],
+             sizes: tuple[int, ...]) -> dict[str, Any]:
+    batcher = MicroBatcher(embedder)
+    base = batcher.encode_sorted([redact(r.text) for r in tune])
+    probe = batcher.encode_sorted([redact(r.text) for r in holdout[:300]])
+    batcher.close()
+    rng = np.random.default_rng(1)
+    out = {}
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="cache-probe-") as root:
+            index = EdgeIndex(Path(root), base.shape[1])
+            for start in range(0, size, 5000):
+                rows = np.arange(start, min(start + 5000, size))
+                vectors = base[rows % len(tune)] + rng.normal(0, 0.02, (len(rows), base.shape[1])).astype(np.float32)
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                index.upsert("t", [StoredEntry(f"e{i}", tune[i % len(tune)].text, "a", tune[i % len(tune)].label,
+                                               "1", 0, 2**62) for i in rows], vectors.astype(np.float32))
+
+            def latency(index: EdgeIndex = index) -> dict[str, float]:
+                timings = []
+                for vector in probe:
+                    t0 = time.perf_counter()
+                    index.search("t", vector[None, :], 30, 1, "1")
+                    timings.append((time.perf_counter() - t0) * 1000)
+                return {"p50_ms": round(percentile(timings, 50), 2), "p99_ms": round(percentile(timings, 99), 2)}
+
+            before = latency()
+            started = time.perf_counter()
+            index.optimize()
+            out[str(size)] = {"unindexed": before, "indexed": latency(),
+                              "index_build_s": round(time.perf_counter() - started, 1)}
+            index.close()
+        say(f"indexing {size}: {out[str(size)]}")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    settings = load_settings()
+    tune, holdout = banking77_split()
+    embedder = SentenceTransformerEmbedder(export_dir=settings.state_dir / "models")
+    report = {"guard": guard(embedder, tune)}
+    say(f"guard: {report['guard']}")
+    report["out_of_scope"] = out_of_scope(embedder, tune, holdout)
+    say(f"out of scope: {report['out_of_scope']}")
+    report["backends"] = backends(settings.state_dir, tune, holdout)
+    report["indexing"] = indexing(embedder, tune, holdout, (8005, 60_000))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cache_probes.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
