@@ -131,8 +131,151 @@ class CacheUpdate:
         return cls(**record)
 
 
-Event = TicketSubmitted | TicketResolved | DeadLetter | CacheUpdate
-E = TypeVar("E", TicketSubmitted, TicketResolved, DeadLetter, CacheUpdate)
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of an agent's transcript."""
+
+    role: str  # system, user, assistant, tool
+    content: str
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    tool_arguments: str | None = None  # JSON object
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStep:
+    """The whole state of one ticket's agent workflow before its next step (event-sourced)."""
+
+    step_id: str
+    ticket_id: str
+    tenant_id: str
+    workflow: str
+    step: int
+    ticket: bytes  # the TicketSubmitted that started the workflow, single-object encoded
+    lane: Lane = "interactive"
+    model_tier: str = "cheap"
+    allowed_tools: list[str] = field(default_factory=list)
+    transcript: list[Message] = field(default_factory=list)
+    budget_profile: str = "default"
+    reservation_micros: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    cost_micros: int = 0
+    models: list[str] = field(default_factory=list)
+    stage_times: dict[str, int] = field(default_factory=dict)
+    replay_tag: str | None = None
+
+    SCHEMA = "AgentStep"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> AgentStep:
+        values = dict(record)
+        values["transcript"] = [Message(**m) for m in record.get("transcript", [])]
+        return cls(**values)
+
+
+ReplyTo = Literal["router", "agent"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A request to run one tool for one ticket (see schemas/avro/tool_call)."""
+
+    call_id: str  # deterministic; the idempotency key of side-effecting tools
+    ticket_id: str
+    tenant_id: str
+    tool: str
+    arguments: str  # JSON object
+    route: str  # the rule whose allowlist admitted the tool
+    reply_to: ReplyTo
+    requested_at: int
+    step: bytes | None = None  # the state to continue, single-object encoded
+
+    SCHEMA = "ToolCall"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ToolCall:
+        return cls(**record)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    call_id: str
+    ticket_id: str
+    tenant_id: str
+    tool: str
+    ok: bool
+    reply_to: ReplyTo
+    completed_at: int
+    result: str | None = None  # JSON document
+    error_class: str | None = None
+    error_message: str | None = None
+    cached: bool = False
+    latency_ms: float = 0.0
+    route: str = ""
+    attempts: int = 1
+    step: bytes | None = None
+
+    SCHEMA = "ToolResult"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ToolResult:
+        return cls(**record)
+
+
+UsageKind = Literal["llm", "embedding", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One LLM call, embedding batch or tool call (see schemas/avro/usage_record)."""
+
+    record_id: str
+    tenant_id: str
+    workflow: str
+    step: str
+    kind: UsageKind
+    provider: str
+    model: str
+    occurred_at: int
+    ticket_id: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    cost_micros: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    outcome: str = "ok"
+    attempt: int = 1
+
+    SCHEMA = "UsageRecord"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> UsageRecord:
+        return cls(**record)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInvalidation:
+    """The data behind ``data_source`` changed for a tenant: drop its cached tool results."""
+
+    tenant_id: str
+    data_source: str
+    created_at: int
+    reason: str = ""
+
+    SCHEMA = "ToolInvalidation"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ToolInvalidation:
+        return cls(**record)
+
+
+Event = (TicketSubmitted | TicketResolved | DeadLetter | CacheUpdate | AgentStep | ToolCall | ToolResult
+         | UsageRecord | ToolInvalidation)
+E = TypeVar("E", TicketSubmitted, TicketResolved, DeadLetter, CacheUpdate, AgentStep, ToolCall, ToolResult,
+            UsageRecord, ToolInvalidation)
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -151,4 +294,7 @@ def to_record(event: Event) -> dict[str, Any]:
     decision = record.get("cache_decision")
     if decision is not None:
         record["cache_decision"] = dataclasses.asdict(decision)
+    transcript = record.get("transcript")
+    if transcript:
+        record["transcript"] = [dataclasses.asdict(m) for m in transcript]
     return record

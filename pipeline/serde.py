@@ -21,7 +21,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -29,6 +29,9 @@ from fastavro.validation import ValidationError, validate
 
 from pipeline.errors import DecodeError, SchemaError
 from schemas import schema_files, version_of
+
+if TYPE_CHECKING:
+    from pipeline.events import E
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -243,3 +246,28 @@ def _describe(err: Any) -> str:
         expected = f"one of {symbols}" if symbols else expected.get("type", expected)
     shown = repr(datum) if len(repr(datum)) <= 40 else repr(datum)[:37] + "..."
     return f"field {field_name!r} is {shown} ({type(datum).__name__}), expected {expected}"
+
+
+_NESTED: AvroSerde | None = None
+
+
+def pack(event: Any) -> bytes:
+    """An event as single-object Avro bytes, for state carried inside another event
+    (the ticket inside an AgentStep or a ToolCall). Never registry-framed: the bytes stay
+    readable wherever the outer event goes."""
+    from pipeline.events import to_record
+
+    global _NESTED
+    if _NESTED is None:
+        _NESTED = AvroSerde(SchemaCatalog.load())
+    return _NESTED.encode(type(event).SCHEMA, to_record(event))
+
+
+def unpack(data: bytes, event_type: type[E]) -> E:
+    """The event of ``event_type`` that :func:`pack` wrote (any known schema version)."""
+    global _NESTED
+    if _NESTED is None:
+        _NESTED = AvroSerde(SchemaCatalog.load())
+    record = _NESTED.decode(event_type.SCHEMA, data)
+    event: E = event_type.from_record(record)
+    return event

@@ -113,6 +113,26 @@ class Settings(BaseSettings):
     # added latency at low load (a 5 ms wait was 40 % of a one-ticket lookup).
     embedding_max_wait_ms: float = Field(default=0.0, ge=0)
     embedding_threads: int | None = Field(default=None, ge=1)
+    # -- router and tools (issue 4) --
+    router_rules_file: Path | None = Field(
+        default=None, description="TICKETFLOW_ROUTER_RULES_FILE: the routing rules (YAML); default: the "
+        "demo bank's rules for the banking77 intents (pipeline/routing/banking77_rules.yaml).")
+    router_examples: Path | None = Field(
+        default=None, description="TICKETFLOW_ROUTER_EXAMPLES: labelled examples (CSV text,label) of the "
+        "intent classifier; default: the tune part of the bundled banking77 train split.")
+    router_policy_file: Path | None = Field(
+        default=None, description="TICKETFLOW_ROUTER_POLICY_FILE: the classifier's abstain policy (JSON, "
+        "as `cache calibrate --write` writes); default: the cache's default policy.")
+    agent_enabled: bool = Field(
+        default=False, description="TICKETFLOW_AGENT_ENABLED: hand agent routes to agent.steps.*; when "
+        "off (no agent workers yet), such tickets are escalated with reason agent_unavailable.")
+    tools_database_url: str | None = Field(
+        default=None, description="TICKETFLOW_TOOLS_DATABASE_URL: SQLAlchemy URL of the tools' data, e.g. "
+        "postgresql+psycopg://user@host/db; default: SQLite at STATE_DIR/bank.db.")
+    tool_cache_ttl_s: int = Field(default=300, ge=1, description="TICKETFLOW_TOOL_CACHE_TTL_S")
+    tool_breaker_failures: int = Field(default=5, ge=1)
+    tool_breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    tool_max_attempts: int = Field(default=3, ge=1)
 
     def bootstrap_servers(self) -> str:
         if self.kafka_bootstrap_servers:
@@ -122,6 +142,9 @@ class Settings(BaseSettings):
     def redis_key_prefix(self) -> str:
         """Prefix of every Redis key (claims, KB versions, redrive marks), per topic prefix."""
         return f"ticketflow:{self.topic_prefix}"
+
+    def tools_database(self) -> str:
+        return self.tools_database_url or f"sqlite:///{(self.state_dir / 'bank.db').resolve()}"
 
     def redis_location(self) -> str:
         return self.redis_url or f"redis://127.0.0.1:{self.local_redis_port}/0"

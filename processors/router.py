@@ -1,25 +1,174 @@
-"""Router: decide how a ticket that the cache did not answer gets resolved.
+"""Router: resolve a ticket the cache did not answer by rules, a tool, or hand it to the agent.
 
-Until the deterministic rules (issue 4) and the agent (issue 5) arrive, no route exists,
-so every ticket is handed to a human as ``escalated`` with reason ``no_route``. That
-branch stays: it is what happens when no rule matches and no agent may take the ticket.
+Reads ``tickets.uncached``. The texts of a consumed batch are embedded together in
+``prepare``; per ticket the route engine decides (intent, entities, first matching rule):
+
+- ``template``: a ``TicketResolved`` with path ``rule`` at once (cacheable when the answer
+  names nothing of the customer's own);
+- ``tool``: a ``ToolCall`` on ``tools.calls`` with the ticket as its state; the answer comes
+  when the result is back (:class:`RouterToolResults`, on ``tools.results``), path ``tool``;
+- ``agent``: the first ``AgentStep`` on ``agent.steps.<lane>`` with the rule's model tier,
+  budget profile and tool allowlist (or, while no agent runs, an escalation saying so);
+- no rule: escalated with reason ``no_route`` and why.
+
+Every decision is deterministic for the ticket, the rules and the examples: a replay routes
+the same way.
 """
 
 from __future__ import annotations
 
-from pipeline.events import TicketSubmitted
+import dataclasses
+import json
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Protocol
+
+from pipeline.cache.embedder import Vectors
+from pipeline.events import (
+    AgentStep,
+    Message,
+    TicketResolved,
+    TicketSubmitted,
+    ToolCall,
+    ToolResult,
+)
+from pipeline.pii import redact
 from pipeline.processing import Clock, Emit, Outcome, Output
-from processors.escalation import escalate
+from pipeline.routing.engine import RouteDecision, RouteEngine, entity_values
+from pipeline.routing.entities import extract
+from pipeline.routing.rulebook import RuleBook, render
+from pipeline.serde import pack, unpack
+from pipeline.tools.registry import canonical
+from processors.cache import cache_text
+from processors.escalation import escalate, stage_latencies
 
 NO_ROUTE = "no_route"
+AGENT_UNAVAILABLE = "agent_unavailable"
+
+
+class Encoder(Protocol):
+    """What the router needs of an embedder (the worker's micro-batcher)."""
+
+    def encode_sorted(self, texts: Sequence[str]) -> Vectors: ...
+
+
+def original_text(ticket: TicketSubmitted) -> str:
+    """The ticket as the customer wrote it: entities come from here, never from the cache copy."""
+    return f"{ticket.subject}\n{ticket.body}" if ticket.subject else ticket.body
+
+
+def ticket_day(ticket: TicketSubmitted, now_ms: int) -> date:
+    """The day relative dates ("yesterday") count from: the ticket's own, so a replay agrees."""
+    stamp = ticket.created_at if ticket.created_at is not None else now_ms
+    return datetime.fromtimestamp(stamp / 1000, UTC).date()
+
+
+def router_call_id(ticket_id: str, tool: str) -> str:
+    return f"{ticket_id}:router:{tool}"
 
 
 class Router:
     name = "router"
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, engine: RouteEngine, encoder: Encoder, clock: Clock, agent_enabled: bool) -> None:
+        self.engine = engine
+        self.encoder = encoder
         self.clock = clock
+        self.agent_enabled = agent_enabled
+        self._decisions: dict[str, RouteDecision] = {}
+
+    def decide(self, tickets: Sequence[TicketSubmitted]) -> list[RouteDecision]:
+        now = self.clock.now_ms()
+        texts = [redact(cache_text(t)) for t in tickets]
+        vectors = self.encoder.encode_sorted(texts)
+        items = [(text, original_text(t), t.customer_id, ticket_day(t, now)) for text, t in zip(texts, tickets,
+                                                                                                 strict=True)]
+        return self.engine.decide_many(items, vectors)
+
+    def prepare(self, batch: Sequence[tuple[TicketSubmitted, str]]) -> None:
+        decisions = self.decide([ticket for ticket, _ in batch])
+        self._decisions = {origin: d for (_, origin), d in zip(batch, decisions, strict=True)}
 
     def handle(self, ticket: TicketSubmitted, origin: str) -> Outcome:
-        resolved = escalate(ticket, NO_ROUTE, self.name, self.clock.now_ms())
+        decision = self._decisions.pop(origin, None) or self.decide([ticket])[0]
+        now = self.clock.now_ms()
+        rule = decision.rule
+        if decision.kind == "escalate" or rule is None:
+            resolved = escalate(ticket, decision.reason or NO_ROUTE, self.name, now)
+            return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
+        key = rule.intent or rule.name
+        if decision.kind == "template":
+            assert decision.answer is not None
+            resolved = _resolved(ticket, decision.answer, "rule", key, self.name, now)
+            resolved = dataclasses.replace(resolved, cacheable=rule.generic)
+            return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
+        stamped = dataclasses.replace(ticket, stage_times={**ticket.stage_times, self.name: now})
+        if decision.kind == "tool":
+            assert rule.tool is not None
+            call = ToolCall(call_id=router_call_id(ticket.ticket_id, rule.tool), ticket_id=ticket.ticket_id,
+                            tenant_id=ticket.tenant_id, tool=rule.tool, arguments=canonical(decision.arguments),
+                            route=rule.name, reply_to="router", requested_at=now, step=pack(stamped))
+            return Emit((Output("tools.calls", ticket.ticket_id, call),))
+        if not self.agent_enabled:
+            resolved = escalate(ticket, f"{AGENT_UNAVAILABLE}: route {rule.name}", self.name, now)
+            return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
+        lane = "batch" if ticket.lane == "batch" else rule.lane
+        facts = {"route": rule.name, "intent": decision.intent.intent, "nearest_intent": decision.intent.nearest,
+                 "entities": {k: v for k, v in decision.values.items() if k != "intent"}}
+        step = AgentStep(
+            step_id=f"{ticket.ticket_id}:0", ticket_id=ticket.ticket_id, tenant_id=ticket.tenant_id,
+            workflow=rule.name, step=0, ticket=pack(stamped), lane=lane, model_tier=rule.tier,
+            allowed_tools=sorted(rule.allowed_tools), budget_profile=rule.budget,
+            transcript=[Message("system", "router facts: " + json.dumps(facts, sort_keys=True)),
+                        Message("user", original_text(ticket))],
+            stage_times=stamped.stage_times, replay_tag=ticket.replay_tag)
+        return Emit((Output(f"agent.steps.{lane}", ticket.ticket_id, step),))
+
+
+class RouterToolResults:
+    """The second half of a ``tool`` route: the tool's result becomes the answer."""
+
+    name = "router-results"
+
+    def __init__(self, book: RuleBook, clock: Clock) -> None:
+        self.book = book
+        self.clock = clock
+
+    def handle(self, result: ToolResult, origin: str) -> Outcome:
+        if result.reply_to != "router":
+            return Emit()  # the agent's: it continues from there
+        if result.step is None:
+            return Emit(note="no_ticket_state")  # cannot happen for the router's own calls
+        ticket = unpack(result.step, TicketSubmitted)
+        now = self.clock.now_ms()
+        ticket = dataclasses.replace(ticket, stage_times={**ticket.stage_times, "tools": result.completed_at})
+        rule = self.book.rule(result.route)
+        if rule is None or rule.template is None:
+            return _escalated(ticket, f"no_route: rule {result.route!r} is no longer in the rules", now)
+        if not result.ok:
+            reason = f"tool_failed: {result.tool}: {result.error_class}: {result.error_message or ''}".rstrip(": ")
+            return _escalated(ticket, reason[:500], now)
+        values = entity_values(extract(original_text(ticket), ticket_day(ticket, now)), ticket.customer_id)
+        values["intent"] = rule.intent or rule.name
+        try:
+            data = json.loads(result.result or "{}")
+            values.update({k: str(v) for k, v in data.items()})
+            answer = render(rule.template, values)
+        except (json.JSONDecodeError, AttributeError, KeyError) as exc:
+            return _escalated(ticket, f"tool_failed: {result.tool}: result lacks {exc}", now)
+        resolved = _resolved(ticket, answer, "tool", rule.intent or rule.name, "answer", now)
         return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
+
+
+def _escalated(ticket: TicketSubmitted, reason: str, now: int) -> Emit:
+    resolved = escalate(ticket, reason, "answer", now)
+    return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
+
+
+def _resolved(ticket: TicketSubmitted, answer: str, path: str, key: str, stage: str, now: int) -> TicketResolved:
+    created = ticket.created_at if ticket.created_at is not None else now
+    return TicketResolved(
+        ticket_id=ticket.ticket_id, tenant_id=ticket.tenant_id, customer_id=ticket.customer_id, lane=ticket.lane,
+        answer=answer, path=path, resolution_key=key,  # type: ignore[arg-type]
+        created_at=created, resolved_at=now, stage_latency_ms=stage_latencies(ticket, stage, now),
+        end_to_end_ms=float(max(0, now - created)), replay_tag=ticket.replay_tag, cache_text=cache_text(ticket))

@@ -56,6 +56,9 @@ CATALOG: tuple[TopicSpec, ...] = (
     # and rebuilds from it: retention covers the longest cache TTL.
     TopicSpec("cache.updates", "tenant_id", "CacheUpdate", "cache writer, cache purge -> cache replicas",
               retention_ms=30 * DAY_MS),
+    # Data changes behind cached tool results (a side-effecting tool, an operator); keyed by
+    # tenant so that one tenant's invalidations stay in order.
+    TopicSpec("tools.invalidations", "tenant_id", "ToolInvalidation", "tools, operators -> tool cache"),
     TopicSpec("pipeline.metrics", "tenant_id", "CostSummary", "accounting -> users",
               retention_ms=30 * DAY_MS),
     TopicSpec("tickets.dlq", "original key", "DeadLetter", "any -> operators, redrive",

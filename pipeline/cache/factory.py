@@ -38,8 +38,8 @@ def build_index(settings: Settings, instance_id: str, dim: int) -> VectorIndex:
 
 
 def build_cache(settings: Settings, instance_id: str, kb_versions: KbVersions,
-                metrics: CacheMetrics | None = None) -> SemanticCache:
-    embedder = build_embedder(settings)
+                metrics: CacheMetrics | None = None, embedder: MicroBatcher | None = None) -> SemanticCache:
+    embedder = embedder or build_embedder(settings)
     cache = SemanticCache(embedder, build_index(settings, instance_id, embedder.dim), SystemClock(),
                           PolicyBook.load(settings.cache_policy_file), kb_versions, metrics, settings.cache_ttl_s)
     stop = threading.Event()

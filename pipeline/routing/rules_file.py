@@ -38,7 +38,7 @@ RULES_SCHEMA: dict[str, Any] = {
                     "properties": {
                         "intent": {"type": "string"},
                         "entities": {"type": "array", "items": {"enum": [
-                            "order_id", "transfer_id", "card_last4", "amount", "date", "email"]}},
+                            "order_id", "transfer_id", "card_last4", "amount", "date", "email", "customer_id"]}},
                     },
                 },
                 "action": {"enum": ["template", "tool", "agent"]},

@@ -2,7 +2,9 @@
 
 Processors: ``intake`` (tickets.ingress), ``cache`` (tickets.accepted, plus the follower that
 keeps this worker's cache index up to date from cache.updates), ``cache-writer``
-(tickets.responses) and ``router`` (tickets.uncached).
+(tickets.responses), ``router`` (tickets.uncached, plus the tool results of its tool routes
+on tools.results) and ``tools`` (tools.calls, plus the cache invalidations on
+tools.invalidations).
 """
 
 from __future__ import annotations
@@ -17,18 +19,25 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.adapters.redis_idempotency import RedisIdempotencyStore
 from pipeline.adapters.redis_kb import RedisKbVersions
+from pipeline.adapters.redis_tool_cache import RedisToolCache
+from pipeline.cache.embedder import MicroBatcher
 from pipeline.cache.metrics import CacheMetrics
 from pipeline.cache.semantic_cache import SemanticCache
 from pipeline.errors import ConfigurationError
-from pipeline.events import CacheUpdate, TicketResolved, TicketSubmitted
+from pipeline.events import CacheUpdate, TicketResolved, TicketSubmitted, ToolCall, ToolInvalidation, ToolResult
 from pipeline.processing import SystemClock
+from pipeline.resilience import CircuitBreaker, RetrySchedule
+from pipeline.routing.rulebook import RuleBook
 from pipeline.runtime.binding import Binding
 from pipeline.settings import Settings
+from pipeline.tools.registry import ToolRegistry
+from pipeline.tools.runner import ToolRunner
 from processors.cache import CacheLookup
 from processors.cache_follower import CacheFollower
 from processors.cache_writer import CacheWriter
 from processors.intake import Intake, IntakeLimits
-from processors.router import Router
+from processors.router import Router, RouterToolResults
+from processors.tools import ToolCacheInvalidator, ToolProcessor
 
 
 @dataclass
@@ -55,9 +64,10 @@ class WorkerContext:
         return self.settings.redis_key_prefix()
 
     def close(self) -> None:
-        cache = self._shared.get("cache")
-        if cache is not None:
-            cache.close()
+        for name in ("cache", "embedder", "tool_runner", "bank"):
+            part = self._shared.get(name)
+            if part is not None:
+                part.close()
 
 
 def redis_client(settings: Settings) -> redis.Redis[bytes]:
@@ -78,11 +88,34 @@ def _intake(ctx: WorkerContext) -> list[Binding]:
                     prepare=processor.prepare)]
 
 
+def _embedder(ctx: WorkerContext) -> MicroBatcher:
+    from pipeline.cache.factory import build_embedder
+
+    embedder: MicroBatcher = ctx.shared("embedder", lambda: build_embedder(ctx.settings))
+    return embedder
+
+
 def _semantic_cache(ctx: WorkerContext) -> SemanticCache:
     from pipeline.cache.factory import build_cache
 
     return build_cache(ctx.settings, ctx.instance_id, RedisKbVersions(ctx.redis(), ctx.key_prefix()),
-                       CacheMetrics(ctx.registry))
+                       CacheMetrics(ctx.registry), embedder=_embedder(ctx))
+
+
+def _tools(ctx: WorkerContext) -> ToolRegistry:
+    from pipeline.routing.factory import build_bank
+    from pipeline.tools.banking import banking_tools
+
+    bank = ctx.shared("bank", lambda: build_bank(ctx.settings))
+    registry: ToolRegistry = ctx.shared("tool_registry", lambda: banking_tools(bank))
+    return registry
+
+
+def _rulebook(ctx: WorkerContext) -> RuleBook:
+    from pipeline.routing.factory import build_rulebook
+
+    book: RuleBook = ctx.shared("rulebook", lambda: build_rulebook(ctx.settings, _tools(ctx)))
+    return book
 
 
 def _cache(ctx: WorkerContext) -> list[Binding]:
@@ -107,9 +140,34 @@ def _cache_writer(ctx: WorkerContext) -> list[Binding]:
 
 
 def _router(ctx: WorkerContext) -> list[Binding]:
-    processor = Router(SystemClock())
-    return [Binding(processor.name, ("tickets.uncached",), "TicketSubmitted",
-                    TicketSubmitted.from_record, processor.handle)]
+    from pipeline.routing.engine import RouteEngine
+    from pipeline.routing.factory import build_classifier
+
+    embedder = _embedder(ctx)
+    engine = RouteEngine(_rulebook(ctx), build_classifier(ctx.settings, embedder))
+    processor = Router(engine, embedder, SystemClock(), ctx.settings.agent_enabled)
+    results = RouterToolResults(_rulebook(ctx), SystemClock())
+    return [
+        Binding(processor.name, ("tickets.uncached",), "TicketSubmitted", TicketSubmitted.from_record,
+                processor.handle, prepare=processor.prepare),
+        Binding(results.name, ("tools.results",), "ToolResult", ToolResult.from_record, results.handle),
+    ]
+
+
+def _tool_processor(ctx: WorkerContext) -> list[Binding]:
+    settings = ctx.settings
+    cache = RedisToolCache(ctx.redis(), ctx.key_prefix(), settings.tool_cache_ttl_s)
+    runner = ctx.shared("tool_runner", lambda: ToolRunner(
+        _tools(ctx), _rulebook(ctx), cache,
+        RetrySchedule(max_attempts=settings.tool_max_attempts, base_s=0.05, cap_s=0.5),
+        lambda tool: CircuitBreaker(settings.tool_breaker_failures, settings.tool_breaker_cooldown_s)))
+    processor = ToolProcessor(runner, SystemClock())
+    invalidator = ToolCacheInvalidator(cache.invalidate)
+    return [
+        Binding(processor.name, ("tools.calls",), "ToolCall", ToolCall.from_record, processor.handle),
+        Binding(invalidator.name, ("tools.invalidations",), "ToolInvalidation", ToolInvalidation.from_record,
+                invalidator.handle),
+    ]
 
 
 PROCESSORS: dict[str, Callable[[WorkerContext], list[Binding]]] = {
@@ -117,6 +175,7 @@ PROCESSORS: dict[str, Callable[[WorkerContext], list[Binding]]] = {
     "cache": _cache,
     "cache-writer": _cache_writer,
     "router": _router,
+    "tools": _tool_processor,
 }
 
 

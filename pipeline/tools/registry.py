@@ -19,7 +19,16 @@ import jsonschema
 
 from pipeline.errors import TicketflowError
 
-ToolFunction = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """Who a call is for: the tenant whose data it reads, the key a side effect is recorded under."""
+
+    tenant_id: str
+    idempotency_key: str
+
+
+ToolFunction = Callable[[ToolContext, Mapping[str, Any]], dict[str, Any]]
 
 
 class ToolArgumentError(TicketflowError):
@@ -39,6 +48,7 @@ class ToolSpec:
     side_effecting: bool = False  # changes state: never cached, needs an idempotency key
     data_source: str | None = None  # what an invalidation event names to drop cached results
     timeout_s: float = 2.0
+    returns: tuple[str, ...] = ()  # the fields of its result object that templates may use
     validator: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

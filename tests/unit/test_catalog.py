@@ -11,7 +11,7 @@ ARCHITECTURE_TOPICS = {
     "pipeline.metrics", "tickets.dlq",
 }
 # Topics the issues added beside the architecture's, each documented in the README.
-EXTENSIONS = {"cache.updates"}
+EXTENSIONS = {"cache.updates", "tools.invalidations"}
 
 
 def test_catalog_has_every_topic_of_the_architecture_with_a_known_schema() -> None:

@@ -21,8 +21,8 @@ REFUND = ToolSpec("refund", "refund a card payment", {
 @pytest.fixture
 def registry() -> ToolRegistry:
     made = ToolRegistry()
-    made.register(CARD_STATUS, lambda args: {"status": "shipped"})
-    made.register(REFUND, lambda args: {"refunded": True})
+    made.register(CARD_STATUS, lambda ctx, args: {"status": "shipped"})
+    made.register(REFUND, lambda ctx, args: {"refunded": True})
     return made
 
 
