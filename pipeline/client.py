@@ -15,7 +15,16 @@ from typing import Any
 from confluent_kafka import Producer
 
 from pipeline.errors import DecodeError, ServiceError
-from pipeline.events import CacheUpdate, DeadLetter, TicketResolved, TicketSubmitted, to_record
+from pipeline.events import (
+    CacheUpdate,
+    DeadLetter,
+    E,
+    Event,
+    TicketResolved,
+    TicketSubmitted,
+    ToolInvalidation,
+    to_record,
+)
 from pipeline.serde import AvroSerde, ConfluentSchemaRegistry, SchemaCatalog
 from pipeline.settings import Settings
 from pipeline.topic_reader import TopicReader
@@ -106,6 +115,22 @@ class TicketflowClient:
             count += 1
         self.flush()
         return count
+
+    def send(self, name: str, key: str, event: Event) -> None:
+        """Produce one event to catalog topic ``name`` (encoded with its latest schema)."""
+        topic = self.topic(name)
+        self.send_raw(topic, key.encode(), self.serde.encode(type(event).SCHEMA, to_record(event), topic))
+
+    def invalidate_tools(self, tenant: str, data_source: str, reason: str = "") -> None:
+        """Tell the tool caches that ``data_source`` changed for ``tenant``; returns once acknowledged."""
+        self.send("tools.invalidations", tenant, ToolInvalidation(
+            tenant_id=tenant, data_source=data_source, reason=reason, created_at=time.time_ns() // 1_000_000))
+        self.flush()
+
+    def events(self, name: str, event_type: type[E], timeout_s: float = 5.0) -> list[E]:
+        """Every committed event on catalog topic ``name`` so far (read to the end)."""
+        return [item.event for item in self._read(self.topic(name), event_type.SCHEMA, event_type.from_record,
+                                                  timeout_s, lambda: False, idle_stop=True)]
 
     def flush(self, timeout_s: float = 60.0) -> None:
         if self._producer is not None and self._producer.flush(timeout_s) > 0:
