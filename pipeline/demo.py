@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -23,13 +24,19 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline import services
+from pipeline.adapters.redis_tool_cache import RedisToolCache
+from pipeline.adapters.sql_bank import SqlBank
 from pipeline.admin import apply_topics
 from pipeline.client import TicketflowClient
-from pipeline.datasets import banking77_sample
+from pipeline.datasets import banking77_sample, banking77_split
 from pipeline.errors import ServiceError
 from pipeline.events import CacheUpdate, DeadLetter, TicketResolved, TicketSubmitted
 from pipeline.malformed import malformed_records
+from pipeline.runtime.topology import redis_client
 from pipeline.settings import Settings
+from pipeline.tools.demo_bank import customer_id, seed_bank
+
+DEMO_CUSTOMERS = 200
 
 
 @dataclass
@@ -83,18 +90,38 @@ def load_input(options: DemoOptions, run_id: str) -> list[TicketSubmitted]:
             rows = [r for r in csv.DictReader(handle) if r.get("text")]
         rows = rows[: options.tickets] if options.tickets else rows
     else:
+        # The held-out part of the train split: the router's classifier learnt from the
+        # other part, so the demo shows how it does on questions it has not seen.
+        _, holdout = banking77_split()
         rows = [{"text": q.text, "label": q.label}
-                for q in banking77_sample(options.tickets, options.seed)]
+                for q in banking77_sample(options.tickets, options.seed, holdout)]
+    rng = random.Random(options.seed)
     tickets = []
     for i, row in enumerate(rows):
         metadata = {"label": row["label"]} if row.get("label") else {}
         tickets.append(TicketSubmitted(
             ticket_id=row.get("ticket_id") or f"demo-{run_id}-{i}",
             tenant_id=row.get("tenant_id") or options.tenant,
+            # Signed-in customers of the demo bank (its tools look them up), unless the CSV says.
+            customer_id=row.get("customer_id") or customer_id(rng.randint(1, DEMO_CUSTOMERS)),
             body=row["text"],
             metadata=metadata,
         ))
     return tickets
+
+
+def seed_tool_data(settings: Settings, tenants: list[str]) -> None:
+    """The demo bank's customers, cards, transfers and top-ups for the demo's tenants."""
+    bank = SqlBank(settings.tools_database())
+    try:
+        seed_bank(bank, tenants, customers=DEMO_CUSTOMERS)
+    finally:
+        bank.close()
+    # What the tools cached about the previous demo's data is stale now.
+    cache = RedisToolCache(redis_client(settings), settings.redis_key_prefix())
+    for tenant in tenants:
+        for source in ("cards", "transfers", "top_ups"):
+            cache.invalidate(tenant, source)
 
 
 def start_workers(settings: Settings, count: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
@@ -132,6 +159,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     apply_topics(settings)
     run_id = uuid.uuid4().hex[:8]
     tickets = load_input(options, run_id)
+    say(f"demo: seeding the demo bank's data ({settings.tools_database().split(':')[0]})...")
+    seed_tool_data(settings, sorted({t.tenant_id for t in tickets}))
     ids = {t.ticket_id for t in tickets}
     client = TicketflowClient(settings)
     arrivals: dict[str, list[int]] = {}

@@ -29,9 +29,10 @@ def banking77() -> list[LabelledQuery]:
         return [LabelledQuery(row["text"], row["category"]) for row in csv.DictReader(handle)]
 
 
-def banking77_sample(n: int, seed: int = 7) -> list[LabelledQuery]:
-    """A seeded sample of ``n`` queries (with repeats when ``n`` exceeds the split)."""
-    rows = banking77()
+def banking77_sample(n: int, seed: int = 7, rows: list[LabelledQuery] | None = None) -> list[LabelledQuery]:
+    """A seeded sample of ``n`` queries of ``rows`` (default: the whole split), with repeats
+    when ``n`` exceeds them."""
+    rows = rows if rows is not None else banking77()
     rng = random.Random(seed)
     if n <= len(rows):
         return rng.sample(rows, n)

@@ -137,7 +137,7 @@ def test_a_tool_result_becomes_the_answer(router: Router) -> None:
 
 def test_a_failed_tool_escalates_with_the_reason(router: Router) -> None:
     result = tool_result(router, False, error_class="CircuitOpen", error_message="card_status is failing")
-    topic, event = only(RouterToolResults(router.engine.book, FixedClock(1_000_600)).handle(result, "o"))
+    _topic, event = only(RouterToolResults(router.engine.book, FixedClock(1_000_600)).handle(result, "o"))
     assert isinstance(event, TicketResolved) and event.path == "escalated"
     assert event.escalation_reason == "tool_failed: card_status: CircuitOpen: card_status is failing"
 
