@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Protocol
@@ -36,6 +37,7 @@ from pipeline.pii import redact
 from pipeline.processing import Clock, Emit, Outcome, Output
 from pipeline.routing.engine import RouteDecision, RouteEngine, entity_values
 from pipeline.routing.entities import extract
+from pipeline.routing.metrics import RouterMetrics
 from pipeline.routing.rulebook import RuleBook, render
 from pipeline.serde import pack, unpack
 from pipeline.tools.registry import canonical
@@ -70,11 +72,13 @@ def router_call_id(ticket_id: str, tool: str) -> str:
 class Router:
     name = "router"
 
-    def __init__(self, engine: RouteEngine, encoder: Encoder, clock: Clock, agent_enabled: bool) -> None:
+    def __init__(self, engine: RouteEngine, encoder: Encoder, clock: Clock, agent_enabled: bool,
+                 metrics: RouterMetrics | None = None) -> None:
         self.engine = engine
         self.encoder = encoder
         self.clock = clock
         self.agent_enabled = agent_enabled
+        self.metrics = metrics
         self._decisions: dict[str, RouteDecision] = {}
 
     def decide(self, tickets: Sequence[TicketSubmitted]) -> list[RouteDecision]:
@@ -83,7 +87,14 @@ class Router:
         vectors = self.encoder.encode_sorted(texts)
         items = [(text, original_text(t), t.customer_id, ticket_day(t, now)) for text, t in zip(texts, tickets,
                                                                                                  strict=True)]
-        return self.engine.decide_many(items, vectors)
+        started = time.perf_counter()
+        decisions = self.engine.decide_many(items, vectors)
+        if self.metrics is not None:
+            per_ticket = (time.perf_counter() - started) / max(1, len(items))
+            for decision in decisions:
+                self.metrics.observe(decision)
+                self.metrics.decision_seconds.observe(per_ticket)
+        return decisions
 
     def prepare(self, batch: Sequence[tuple[TicketSubmitted, str]]) -> None:
         decisions = self.decide([ticket for ticket, _ in batch])

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from pipeline.events import ToolCall, ToolInvalidation, ToolResult, UsageRecord
 from pipeline.processing import Clock, Emit, Outcome, Output
+from pipeline.tools.metrics import ToolMetrics
 from pipeline.tools.runner import ToolRunner
 
 TOOL_PROVIDER = "tools"
@@ -27,12 +28,15 @@ CACHE_PROVIDER = "tool-cache"
 class ToolProcessor:
     name = "tools"
 
-    def __init__(self, runner: ToolRunner, clock: Clock) -> None:
+    def __init__(self, runner: ToolRunner, clock: Clock, metrics: ToolMetrics | None = None) -> None:
         self.runner = runner
         self.clock = clock
+        self.metrics = metrics
 
     def handle(self, call: ToolCall, origin: str) -> Outcome:
         outcome = self.runner.run(call.tenant_id, call.route, call.tool, call.arguments, call.call_id)
+        if self.metrics is not None:
+            self.metrics.observe(call.tool, outcome, self.runner.breaker(call.tool).state)
         now = self.clock.now_ms()
         result = ToolResult(
             call_id=call.call_id, ticket_id=call.ticket_id, tenant_id=call.tenant_id, tool=call.tool,

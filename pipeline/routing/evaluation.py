@@ -71,7 +71,7 @@ def evaluate(engine: RouteEngine, embedder: Embedder, queries: Sequence[Labelled
         [intent] = engine.classifier.classify([texts[i]], vectors[i:i + 1])
         decisions.append(engine.decide_with(intent, query.text, customers[i], today))
         latencies.append((time.perf_counter() - started) * 1000)
-        if progress and (i + 1) % 200 == 0:
+        if progress and ((i + 1) % 200 == 0 or i + 1 == len(queries)):
             progress("route", i + 1, len(queries))
     by_action: Counter[str] = Counter(d.kind for d in decisions)
     deflected = [(q, d) for q, d in zip(queries, decisions, strict=True) if d.deflected]

@@ -27,9 +27,11 @@ from pipeline.errors import ConfigurationError
 from pipeline.events import CacheUpdate, TicketResolved, TicketSubmitted, ToolCall, ToolInvalidation, ToolResult
 from pipeline.processing import SystemClock
 from pipeline.resilience import CircuitBreaker, RetrySchedule
+from pipeline.routing.metrics import RouterMetrics
 from pipeline.routing.rulebook import RuleBook
 from pipeline.runtime.binding import Binding
 from pipeline.settings import Settings
+from pipeline.tools.metrics import ToolMetrics
 from pipeline.tools.registry import ToolRegistry
 from pipeline.tools.runner import ToolRunner
 from processors.cache import CacheLookup
@@ -145,7 +147,7 @@ def _router(ctx: WorkerContext) -> list[Binding]:
 
     embedder = _embedder(ctx)
     engine = RouteEngine(_rulebook(ctx), build_classifier(ctx.settings, embedder))
-    processor = Router(engine, embedder, SystemClock(), ctx.settings.agent_enabled)
+    processor = Router(engine, embedder, SystemClock(), ctx.settings.agent_enabled, RouterMetrics(ctx.registry))
     results = RouterToolResults(_rulebook(ctx), SystemClock())
     return [
         Binding(processor.name, ("tickets.uncached",), "TicketSubmitted", TicketSubmitted.from_record,
@@ -161,7 +163,7 @@ def _tool_processor(ctx: WorkerContext) -> list[Binding]:
         _tools(ctx), _rulebook(ctx), cache,
         RetrySchedule(max_attempts=settings.tool_max_attempts, base_s=0.05, cap_s=0.5),
         lambda tool: CircuitBreaker(settings.tool_breaker_failures, settings.tool_breaker_cooldown_s)))
-    processor = ToolProcessor(runner, SystemClock())
+    processor = ToolProcessor(runner, SystemClock(), ToolMetrics(ctx.registry))
     invalidator = ToolCacheInvalidator(cache.invalidate)
     return [
         Binding(processor.name, ("tools.calls",), "ToolCall", ToolCall.from_record, processor.handle),
