@@ -7,6 +7,7 @@ exactly what the processor did. No I/O here: the processor sends tool calls and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
@@ -73,7 +74,7 @@ class RouteEngine:
         self.book = book
         self.classifier = classifier
 
-    def decide_many(self, items: list[tuple[str, str, str | None, date]],
+    def decide_many(self, items: Sequence[tuple[str, str, str | None, date]],
                     vectors: npt.NDArray[np.float32]) -> list[RouteDecision]:
         """Decisions for (classifier text, original text, customer id, day) with the classifier
         texts' embeddings. The classifier sees the PII-redacted text; entities come from the
