@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -80,3 +81,38 @@ def delete_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         for future in admin.delete_topics(names, operation_timeout=timeout_s).values():
             future.result()
     return names
+
+
+def wait_for_readers(settings: Settings, topic: str, written: dict[int, int], group_prefix: str,
+                     timeout_s: float = 120.0) -> int:
+    """Wait until every active consumer group whose id starts with ``group_prefix`` has
+    committed past ``written`` ({partition: last offset}) on catalog topic ``topic``;
+    returns how many groups that was. Used to know that every cache replica applied an update."""
+    from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
+
+    admin = AdminClient(settings.kafka_common())
+    physical = f"{settings.topic_prefix}{topic}"
+    prefix = f"{settings.topic_prefix}{group_prefix}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listed = admin.list_consumer_groups(request_timeout=10).result()
+        ids = [g.group_id for g in listed.valid if g.group_id.startswith(prefix)]
+        active = []
+        if ids:
+            for group_id, future in admin.describe_consumer_groups(ids, request_timeout=10).items():
+                description = future.result()
+                if description.state == ConsumerGroupState.STABLE and description.members:
+                    active.append(group_id)
+        behind = []
+        for group_id in active:
+            request = [ConsumerGroupTopicPartitions(group_id, [TopicPartition(physical, p) for p in written])]
+            [future] = admin.list_consumer_group_offsets(request, request_timeout=10).values()
+            committed = {tp.partition: tp.offset for tp in future.result().topic_partitions}
+            if any(committed.get(p, -1) <= offset for p, offset in written.items()):
+                behind.append(group_id)
+        if active and not behind:
+            return len(active)
+        if time.monotonic() > deadline:
+            raise ServiceError(f"consumers {', '.join(behind) or '(none active)'} of {physical} did not read "
+                               f"past {written} within {timeout_s:.0f} s")
+        time.sleep(0.2)

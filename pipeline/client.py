@@ -86,13 +86,17 @@ class TicketflowClient:
         return count
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes,
-                 headers: dict[str, bytes] | None = None) -> None:
-        """Produce bytes as they are (for JSON input, redrives and tests of bad input)."""
+                 headers: dict[str, bytes] | None = None,
+                 on_written: Callable[[int, int], None] | None = None) -> None:
+        """Produce bytes as they are (for JSON input, redrives and tests of bad input);
+        ``on_written(partition, offset)`` is called once the broker acknowledged the record."""
         errors: list[str] = []
 
         def _delivered(err: Any, msg: Any) -> None:
             if err is not None:
                 errors.append(str(err))
+            elif on_written is not None:
+                on_written(msg.partition(), msg.offset())
 
         while True:
             try:
@@ -107,14 +111,24 @@ class TicketflowClient:
 
     def cache_updates(self, updates: Iterable[CacheUpdate]) -> int:
         """Produce cache updates (seeds, purges) keyed by tenant; returns once acknowledged."""
+        return len(self.cache_updates_at(updates)[1])
+
+    def cache_updates_at(self, updates: Iterable[CacheUpdate]) -> tuple[dict[int, int], list[CacheUpdate]]:
+        """Like :meth:`cache_updates`; also returns the last offset written per partition, so
+        that a caller can wait until the cache replicas have read that far."""
         topic = self.topic("cache.updates")
-        count = 0
+        last: dict[int, int] = {}
+        sent = []
+
+        def written(partition: int, offset: int) -> None:
+            last[partition] = max(offset, last.get(partition, -1))
+
         for update in updates:
             self.send_raw(topic, update.tenant_id.encode(),
-                          self.serde.encode(CacheUpdate.SCHEMA, to_record(update), topic))
-            count += 1
+                          self.serde.encode(CacheUpdate.SCHEMA, to_record(update), topic), on_written=written)
+            sent.append(update)
         self.flush()
-        return count
+        return last, sent
 
     def send(self, name: str, key: str, event: Event) -> None:
         """Produce one event to catalog topic ``name`` (encoded with its latest schema)."""

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from pipeline import services
 from pipeline.adapters.redis_tool_cache import RedisToolCache
 from pipeline.adapters.sql_bank import SqlBank
-from pipeline.admin import apply_topics
+from pipeline.admin import apply_topics, wait_for_readers
 from pipeline.client import TicketflowClient
 from pipeline.datasets import banking77_sample, banking77_split
 from pipeline.errors import ServiceError
@@ -229,29 +229,19 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
 def prepare_cache(client: TicketflowClient, settings: Settings, tenants: list[str], warm_csv: Path | None,
                   run_id: str, timeout_s: float = 300.0) -> None:
     """Empty the tenants' caches (the demo shows the cache filling up), then seed them from
-    ``warm_csv`` and wait until a seeded question is answered from cache."""
+    ``warm_csv``; return once every running cache replica has applied all of it."""
     now = int(time.time() * 1000)
-    client.cache_updates(CacheUpdate(tenant_id=t, op="purge", created_at=now) for t in tenants)
-    if warm_csv is None:
-        return
-    from pipeline.cache.seeding import seed_updates
+    updates = [CacheUpdate(tenant_id=t, op="purge", created_at=now) for t in tenants]
+    if warm_csv is not None:
+        from pipeline.cache.seeding import seed_updates
 
-    for tenant in tenants:
-        updates = seed_updates(warm_csv, tenant, "1", now + 1, settings.cache_ttl_s * 1000)
-        client.cache_updates(updates)
-        say(f"demo: {len(updates)} cache entries sent for tenant {tenant}; waiting for the cache to load them...")
-        probe_text = updates[-1].text or ""
-        deadline = time.monotonic() + timeout_s
-        for attempt in range(10_000):
-            probe = TicketSubmitted(ticket_id=f"demo-{run_id}-probe-{tenant}-{attempt}", tenant_id=tenant,
-                                    body=probe_text)
-            client.submit([probe])
-            answered = next(iter(client.results(expect=1, ticket_ids={probe.ticket_id}, timeout_s=60)), None)
-            if answered is not None and answered.event.path == "cache":
-                break
-            if time.monotonic() > deadline:
-                raise ServiceError(f"the cache did not load the --warm entries within {timeout_s:.0f} s")
-            time.sleep(1.0)
+        for tenant in tenants:
+            updates += seed_updates(warm_csv, tenant, "1", now + 1, settings.cache_ttl_s * 1000)
+        say(f"demo: {len(updates) - len(tenants)} cache entries sent for {', '.join(tenants)}; "
+            "waiting for the cache to load them...")
+    written, _ = client.cache_updates_at(updates)
+    replicas = wait_for_readers(settings, "cache.updates", written, "ticketflow.cache-index", timeout_s)
+    say(f"demo: {replicas} cache replica(s) emptied{' and seeded' if warm_csv else ''}")
 
 
 def warm_up(client: TicketflowClient, run_id: str, timeout_s: float = 120.0) -> None:

@@ -41,6 +41,8 @@ class TicketSubmitted:
     cache_text: str | None = None
     stage_times: dict[str, int] = field(default_factory=dict)
     cache_decision: CacheDecision | None = None
+    embedding: bytes | None = None  # float32 little-endian, of cache_text (cache stage -> router)
+    embedding_model: str | None = None
 
     SCHEMA = "TicketSubmitted"
 

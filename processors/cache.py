@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from pipeline.cache.embedder import Vectors
 from pipeline.cache.policy import Verdict
 from pipeline.cache.semantic_cache import SemanticCache
 from pipeline.events import CacheDecision, TicketResolved, TicketSubmitted
@@ -35,14 +36,19 @@ class CacheLookup:
     def __init__(self, cache: SemanticCache, clock: Clock) -> None:
         self.cache = cache
         self.clock = clock
-        self._verdicts: dict[str, Verdict] = {}
+        self._verdicts: dict[str, tuple[Verdict, Vectors]] = {}
 
     def prepare(self, batch: Sequence[tuple[TicketSubmitted, str]]) -> None:
-        verdicts = self.cache.lookup_many([(t.tenant_id, cache_text(t)) for t, _ in batch])
-        self._verdicts = {origin: v for (_, origin), v in zip(batch, verdicts, strict=True)}
+        verdicts, vectors = self.cache.lookup_many_with_vectors([(t.tenant_id, cache_text(t)) for t, _ in batch])
+        self._verdicts = {origin: (v, vectors[i]) for i, ((_, origin), v) in enumerate(zip(batch, verdicts,
+                                                                                            strict=True))}
 
     def handle(self, ticket: TicketSubmitted, origin: str) -> Outcome:
-        verdict = self._verdicts.pop(origin, None) or self.cache.lookup(ticket.tenant_id, cache_text(ticket))
+        prepared = self._verdicts.pop(origin, None)
+        if prepared is None:
+            [verdict], vectors = self.cache.lookup_many_with_vectors([(ticket.tenant_id, cache_text(ticket))])
+            prepared = (verdict, vectors[0])
+        verdict, vector = prepared
         now = self.clock.now_ms()
         if verdict.hit and verdict.answer is not None:
             created = ticket.created_at if ticket.created_at is not None else now
@@ -56,6 +62,8 @@ class CacheLookup:
             return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
         decision = CacheDecision(hit=False, reason=verdict.reason, similarity=verdict.similarity,
                                  resolution_key=verdict.resolution_key, neighbours=verdict.neighbours)
+        # The embedding goes along, so that the router does not compute it again.
         passed = dataclasses.replace(ticket, cache_decision=decision,
-                                     stage_times={**ticket.stage_times, self.name: now})
+                                     stage_times={**ticket.stage_times, self.name: now},
+                                     embedding=vector.astype("<f4").tobytes(), embedding_model=self.cache.embedder.name)
         return Emit((Output("tickets.uncached", ticket.ticket_id, passed),))

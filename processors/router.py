@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Protocol
 
+import numpy as np
+
 from pipeline.cache.embedder import Vectors
 from pipeline.events import (
     AgentStep,
@@ -50,6 +52,9 @@ AGENT_UNAVAILABLE = "agent_unavailable"
 
 class Encoder(Protocol):
     """What the router needs of an embedder (the worker's micro-batcher)."""
+
+    name: str
+    dim: int
 
     def encode_sorted(self, texts: Sequence[str]) -> Vectors: ...
 
@@ -79,12 +84,13 @@ class Router:
         self.clock = clock
         self.agent_enabled = agent_enabled
         self.metrics = metrics
+        self.encoded = 0  # tickets this router had to embed itself (no usable cache-stage vector)
         self._decisions: dict[str, RouteDecision] = {}
 
     def decide(self, tickets: Sequence[TicketSubmitted]) -> list[RouteDecision]:
         now = self.clock.now_ms()
         texts = [redact(cache_text(t)) for t in tickets]
-        vectors = self.encoder.encode_sorted(texts)
+        vectors = self._vectors(tickets, texts)
         items = [(text, original_text(t), t.customer_id, ticket_day(t, now)) for text, t in zip(texts, tickets,
                                                                                                  strict=True)]
         started = time.perf_counter()
@@ -95,6 +101,21 @@ class Router:
                 self.metrics.observe(decision)
                 self.metrics.decision_seconds.observe(per_ticket)
         return decisions
+
+    def _vectors(self, tickets: Sequence[TicketSubmitted], texts: list[str]) -> Vectors:
+        """The cache stage's embeddings where they came along (same model), the rest encoded now."""
+        vectors = np.zeros((len(tickets), self.encoder.dim), dtype=np.float32)
+        missing = []
+        for i, ticket in enumerate(tickets):
+            if ticket.embedding is not None and ticket.embedding_model == self.encoder.name \
+                    and len(ticket.embedding) == 4 * self.encoder.dim:
+                vectors[i] = np.frombuffer(ticket.embedding, dtype="<f4")
+            else:
+                missing.append(i)
+        if missing:
+            vectors[missing] = self.encoder.encode_sorted([texts[i] for i in missing])
+        self.encoded += len(missing)
+        return vectors
 
     def prepare(self, batch: Sequence[tuple[TicketSubmitted, str]]) -> None:
         decisions = self.decide([ticket for ticket, _ in batch])
@@ -113,7 +134,9 @@ class Router:
             resolved = _resolved(ticket, decision.answer, "rule", key, self.name, now)
             resolved = dataclasses.replace(resolved, cacheable=rule.generic)
             return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
-        stamped = dataclasses.replace(ticket, stage_times={**ticket.stage_times, self.name: now})
+        # the state carried on: without the embedding (1.5 KB that nothing downstream reads)
+        stamped = dataclasses.replace(ticket, stage_times={**ticket.stage_times, self.name: now}, embedding=None,
+                                      embedding_model=None)
         if decision.kind == "tool":
             assert rule.tool is not None
             call = ToolCall(call_id=router_call_id(ticket.ticket_id, rule.tool), ticket_id=ticket.ticket_id,

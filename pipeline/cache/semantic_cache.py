@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.cache.embedder import Embedder
+from pipeline.cache.embedder import Embedder, Vectors
 from pipeline.cache.index import StoredEntry, VectorIndex
 from pipeline.cache.metrics import CacheMetrics
 from pipeline.cache.policy import MISS_EMPTY, HitPolicy, Verdict, decide
@@ -105,7 +105,11 @@ class SemanticCache:
             close()
 
     def lookup_many(self, queries: Sequence[tuple[str, str]]) -> list[Verdict]:
-        """Verdicts for (tenant, text) pairs.
+        """Verdicts for (tenant, text) pairs (see :meth:`lookup_many_with_vectors`)."""
+        return self.lookup_many_with_vectors(queries)[0]
+
+    def lookup_many_with_vectors(self, queries: Sequence[tuple[str, str]]) -> tuple[list[Verdict], Vectors]:
+        """Verdicts for (tenant, text) pairs, and the texts' embeddings (rows in query order).
 
         The texts go to the embedder in chunks of ``chunk`` (all submitted at once, so that
         the embedder's thread encodes chunk i+1 while this thread searches and decides chunk i).
@@ -116,22 +120,27 @@ class SemanticCache:
         chunks = [ordered[i:i + self.chunk] for i in range(0, len(ordered), self.chunk)]
         submit = getattr(self.embedder, "submit", None)
         found: list[Verdict] = []
+        encoded: list[Vectors] = []
         if submit is None:
             for part in chunks:
-                found.extend(self._lookup_chunk(part, self.embedder.encode([t for _, t in part])))
+                encoded.append(self.embedder.encode([t for _, t in part]))
+                found.extend(self._lookup_chunk(part, encoded[-1]))
         else:
             started = time.perf_counter()
             futures = [submit([text for _, text in part]) for part in chunks]
             for part, future in zip(chunks, futures, strict=True):
-                vectors = future.result()
+                encoded.append(future.result())
                 if self.metrics:
                     self.metrics.embed_seconds.observe(time.perf_counter() - started)
-                found.extend(self._lookup_chunk(part, vectors))
+                found.extend(self._lookup_chunk(part, encoded[-1]))
                 started = time.perf_counter()
         verdicts: list[Verdict | None] = [None] * len(queries)
         for position, verdict in zip(order, found, strict=True):
             verdicts[position] = verdict
-        return [v for v in verdicts if v is not None]
+        vectors = np.zeros((len(queries), self.embedder.dim), dtype=np.float32)
+        if encoded:
+            vectors[order] = np.vstack(encoded)
+        return [v for v in verdicts if v is not None], vectors
 
     def _lookup_chunk(self, queries: Sequence[tuple[str, str]], vectors: npt.NDArray[np.float32]) -> list[Verdict]:
         by_tenant: dict[str, list[int]] = {}

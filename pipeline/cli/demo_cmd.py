@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from pipeline.demo import DemoOptions, DemoReport, run_demo
@@ -57,7 +58,11 @@ def render(report: DemoReport) -> str:
         "  by path        " + ", ".join(f"{k}={v}" for k, v in sorted(report.by_path.items())),
     ]
     if report.escalation_reasons:
-        lines.append("  escalated for  " + ", ".join(f"{k}={v}" for k, v in report.escalation_reasons.items()))
+        # grouped by kind ("agent_unavailable: route x" -> agent_unavailable); --json has each reason
+        kinds: Counter[str] = Counter()
+        for reason, count in report.escalation_reasons.items():
+            kinds[reason.split(":")[0]] += count
+        lines.append("  escalated for  " + ", ".join(f"{k}={v}" for k, v in kinds.most_common()))
     lat = report.latency_ms
     lines += [
         f"  latency e2e    p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms",

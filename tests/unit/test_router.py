@@ -39,6 +39,9 @@ def unit(i: int) -> Vectors:
 class TableEncoder:
     """A text's vector: the axis of the intent it names ("about card_arrival ..."), else noise."""
 
+    name = "table"
+    dim = 8
+
     def encode_sorted(self, texts: Sequence[str]) -> Vectors:
         rows = []
         for text in texts:
@@ -147,3 +150,19 @@ def test_results_for_the_agent_are_left_to_it(router: Router) -> None:
     result = ToolResult(**{**{f: getattr(result, f) for f in result.__slots__}, "reply_to": "agent"})
     outcome = RouterToolResults(router.engine.book, FixedClock()).handle(result, "o")
     assert isinstance(outcome, Emit) and outcome.outputs == ()
+
+
+def test_the_cache_stages_embedding_is_reused_and_not_carried_on(router: Router) -> None:
+    vector = unit(INTENTS.index("exchange_rate")).astype("<f4").tobytes()
+    reused = ticket("a question the table encoder cannot place", embedding=vector, embedding_model="table")
+    _, event = only(router.handle(reused, "o"))
+    assert isinstance(event, TicketResolved) and event.resolution_key == "exchange_rate"  # from the vector
+    assert router.encoded == 0
+    other_model = ticket("about exchange_rate", embedding=vector, embedding_model="another-model")
+    only(router.handle(other_model, "o"))
+    assert router.encoded == 1  # a vector of another model is never mixed in: embedded again
+    card_vector = unit(INTENTS.index("card_arrival")).astype("<f4").tobytes()
+    _, call = only(router.handle(ticket("about card_arrival", customer_id="C-00001", embedding=card_vector,
+                                        embedding_model="table"), "o"))
+    assert isinstance(call, ToolCall) and call.step is not None
+    assert unpack(call.step, TicketSubmitted).embedding is None

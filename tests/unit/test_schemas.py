@@ -12,8 +12,19 @@ from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibi
 from avro.schema import parse as avro_parse
 
 from pipeline.errors import DecodeError
-from pipeline.events import DeadLetter, TicketResolved, TicketSubmitted, to_record
-from pipeline.serde import SINGLE_OBJECT_MAGIC, AvroSerde, SchemaCatalog
+from pipeline.events import (
+    AgentStep,
+    DeadLetter,
+    Message,
+    TicketResolved,
+    TicketSubmitted,
+    ToolCall,
+    ToolInvalidation,
+    ToolResult,
+    UsageRecord,
+    to_record,
+)
+from pipeline.serde import SINGLE_OBJECT_MAGIC, AvroSerde, SchemaCatalog, pack, unpack
 from schemas import schema_files
 
 ARCHITECTURE_EVENTS = {"TicketSubmitted", "TicketResolved", "UsageRecord", "DeadLetter",
@@ -88,6 +99,30 @@ def test_resolved_and_dead_letter_round_trip(serde: AvroSerde) -> None:
     for event in (resolved, letter):
         data = serde.encode(type(event).SCHEMA, to_record(event))
         assert type(event).from_record(serde.decode(type(event).SCHEMA, data)) == event
+
+
+def test_workflow_events_round_trip_with_nested_state(serde: AvroSerde) -> None:
+    ticket = TicketSubmitted(ticket_id="t", tenant_id="a", body="lost my card", created_at=5)
+    step = AgentStep(step_id="t:0", ticket_id="t", tenant_id="a", workflow="lost_or_stolen_card", step=0,
+                     ticket=pack(ticket), model_tier="strong", allowed_tools=["card_status", "freeze_card"],
+                     transcript=[Message("system", "facts"), Message("assistant", "", tool_call_id="c1",
+                                                                      tool_name="card_status",
+                                                                      tool_arguments='{"customer_id": "C-00001"}')],
+                     budget_profile="urgent", reservation_micros=900, models=["cheap"], stage_times={"router": 4})
+    call = ToolCall(call_id="t:0:card_status", ticket_id="t", tenant_id="a", tool="card_status",
+                    arguments='{"customer_id": "C-00001"}', route="lost_or_stolen_card", reply_to="agent",
+                    requested_at=6, step=pack(step))
+    result = ToolResult(call_id=call.call_id, ticket_id="t", tenant_id="a", tool="card_status", ok=False,
+                        reply_to="agent", completed_at=7, error_class="CircuitOpen", route=call.route, attempts=0,
+                        step=call.step)
+    usage = UsageRecord(record_id="t:0:card_status:tool", tenant_id="a", workflow="w", step="s", kind="tool",
+                        provider="tools", model="card_status", occurred_at=8, ticket_id="t", latency_ms=1.5,
+                        outcome="CircuitOpen")
+    invalidation = ToolInvalidation(tenant_id="a", data_source="cards", created_at=9, reason="freeze_card t:1")
+    for event in (step, call, result, usage, invalidation):
+        data = serde.encode(type(event).SCHEMA, to_record(event))
+        assert type(event).from_record(serde.decode(type(event).SCHEMA, data)) == event
+    assert call.step is not None and unpack(unpack(call.step, AgentStep).ticket, TicketSubmitted) == ticket
 
 
 def test_decode_rejects_other_event_types_and_garbage(serde: AvroSerde) -> None:
