@@ -101,3 +101,27 @@ def test_dead_letter_redriven_after_a_fix_is_answered_once(settings: Settings, t
         env_worker.stop()
     [line] = results.stdout.splitlines()
     assert json.loads(line)["ticket_id"] == "big-1"
+
+
+def test_tools_list_and_invalidate(settings: Settings, tmp_path: Path) -> None:
+    from pipeline.adapters.redis_tool_cache import RedisToolCache
+    from pipeline.runtime.topology import redis_client
+
+    listed = ticketflow(settings, "tools", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    tools = {t["name"]: t for t in json.loads(listed.stdout)["tools"]}
+    assert tools["card_status"]["cached"] and not tools["card_status"]["side_effecting"]
+    assert tools["refund"]["side_effecting"] and not tools["refund"]["cached"]
+
+    cache = RedisToolCache(redis_client(settings), settings.redis_key_prefix())
+    before = cache.data_version("cli-tenant", "cards")
+    worker = WorkerProcess(settings, tmp_path / "worker.log", "tools").start()
+    try:
+        done = ticketflow(settings, "tools", "invalidate", "--tenant", "cli-tenant", "--source", "cards")
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 60
+        while cache.data_version("cli-tenant", "cards") == before:
+            assert time.monotonic() < deadline, "the invalidation was not applied"
+            time.sleep(0.2)
+    finally:
+        assert worker.stop() == 0
