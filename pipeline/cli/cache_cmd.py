@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     kb.set_defaults(run=run_kb_version)
 
 
-def _progress(stage: str, done: int, total: int) -> None:
+def progress(stage: str, done: int, total: int) -> None:
     print(f"\r{stage}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
 
 
@@ -79,7 +79,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     print(f"cache eval: {len(seed)} seed rows, {len(queries)} queries; loading the embedder...", file=sys.stderr)
     batcher = build_embedder(settings)
     try:
-        result = evaluate(batcher.embedder, seed, queries, _policy_book(settings).default, progress=_progress)
+        result = evaluate(batcher.embedder, seed, queries, _policy_book(settings).default, progress=progress)
     finally:
         batcher.close()
     report = result.to_dict()
@@ -110,7 +110,7 @@ def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     batcher = build_embedder(settings)
     try:
         result = calibrate(batcher, rows, args.target_precision, folds=args.folds,
-                           base=_policy_book(settings).default, progress=_progress)
+                           base=_policy_book(settings).default, progress=progress)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
     finally:

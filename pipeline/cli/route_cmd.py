@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import date
 from pathlib import Path
 
+from pipeline.cli.cache_cmd import progress as _progress
 from pipeline.settings import Settings
 
 
@@ -26,10 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ev.add_argument("--queries", type=Path, required=True)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(run=run_eval)
-
-
-def _progress(stage: str, done: int, total: int) -> None:
-    print(f"\r{stage}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
 def run_explain(args: argparse.Namespace, settings: Settings) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,18 @@ def test_the_cache_stages_embedding_is_reused_and_not_carried_on(router: Router)
                                         embedding_model="table"), "o"))
     assert isinstance(call, ToolCall) and call.step is not None
     assert unpack(call.step, TicketSubmitted).embedding is None
+
+
+def test_without_a_matching_rule_the_ticket_is_escalated_with_why(router: Router, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nrules:\n  - {name: rates, when: {intent: exchange_rate}, action: template, "
+                     "template: 'Interbank rate.'}\n")
+    book = RuleBook.load(rules, banking_tools(SqlBank("sqlite://")))
+    strict = Router(RouteEngine(book, router.engine.classifier), TableEncoder(), FixedClock(1_000_300), True)
+    _, unclear = only(strict.handle(ticket("something else entirely"), "o"))
+    _, unruled = only(strict.handle(ticket("about card_arrival"), "o"))
+    assert isinstance(unclear, TicketResolved) and isinstance(unruled, TicketResolved)
+    assert unclear.path == unruled.path == "escalated"
+    assert unclear.escalation_reason is not None and unclear.escalation_reason.startswith("no_route: intent unclear")
+    assert unruled.escalation_reason == "no_route: no rule for intent card_arrival"
+    assert unruled.stage_latency_ms == {"intake": 100.0, "cache": 100.0, "router": 100.0}
