@@ -24,13 +24,14 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline import services
+from pipeline.adapters.redis_billing import RedisBilling
 from pipeline.adapters.redis_tool_cache import RedisToolCache
 from pipeline.adapters.sql_bank import SqlBank
 from pipeline.admin import apply_topics, wait_for_readers
 from pipeline.client import TicketflowClient
 from pipeline.datasets import banking77_sample, banking77_split
 from pipeline.errors import ServiceError
-from pipeline.events import CacheUpdate, DeadLetter, TicketResolved, TicketSubmitted
+from pipeline.events import CacheUpdate, DeadLetter, TicketResolved, TicketSubmitted, UsageRecord
 from pipeline.malformed import malformed_records
 from pipeline.runtime.topology import redis_client
 from pipeline.settings import Settings
@@ -50,6 +51,7 @@ class DemoOptions:
     seed: int = 7
     tenant: str = "demo"
     warm_csv: Path | None = None  # seed the cache with these labelled rows first
+    fault_rate: float | None = None  # the simulated provider's share of failed calls
 
 
 @dataclass
@@ -124,15 +126,18 @@ def seed_tool_data(settings: Settings, tenants: list[str]) -> None:
             cache.invalidate(tenant, source)
 
 
-def start_workers(settings: Settings, count: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+def start_workers(settings: Settings, count: int, log_dir: Path,
+                  fault_rate: float | None = None) -> list[subprocess.Popen[bytes]]:
     log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TICKETFLOW_TOPIC_PREFIX": settings.topic_prefix}
+    if fault_rate is not None:
+        env["TICKETFLOW_SIM_FAULT_RATE"] = str(fault_rate)
     procs = []
     for i in range(count):
         log = (log_dir / f"demo-worker-{i}.log").open("ab")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli.main", "--log-level", "INFO", "worker"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "TICKETFLOW_TOPIC_PREFIX": settings.topic_prefix},
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         ))
     return procs
 
@@ -165,14 +170,17 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     client = TicketflowClient(settings)
     arrivals: dict[str, list[int]] = {}
     created: dict[str, int] = {}
+    costs: dict[str, int] = {}
     paths: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
 
-    procs = start_workers(settings, options.workers, settings.state_dir / "logs")
+    procs = start_workers(settings, options.workers, settings.state_dir / "logs", options.fault_rate)
+    billing = RedisBilling(redis_client(settings), settings.redis_key_prefix())
     try:
         say(f"demo: {options.workers} worker process(es) started; waiting for them to join...")
         warm_up(client, run_id)
         prepare_cache(client, settings, sorted({t.tenant_id for t in tickets}), options.warm_csv, run_id)
+        billing.reset()  # the provider's count from here on: this run's tickets only
         say(f"demo: submitting {len(tickets)} tickets")
         bar = tqdm(total=len(tickets), desc="resolved", unit="ticket", file=sys.stderr)
 
@@ -183,6 +191,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
                 arrivals.setdefault(resolved.ticket_id, []).append(item.received_at)
                 if first:
                     created[resolved.ticket_id] = resolved.created_at
+                    costs[resolved.ticket_id] = resolved.cost_micros
                     paths[resolved.path] += 1
                     if resolved.escalation_reason:
                         reasons[resolved.escalation_reason] += 1
@@ -208,6 +217,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         stop_workers(procs)
 
     latencies = [float(arrivals[i][0] - created[i]) for i in arrivals]
+    usage = [u for u in client.events("llm.usage", UsageRecord, timeout_s=30) if u.ticket_id in ids]
+    served = {u.record_id for u in usage if u.kind == "llm" and u.outcome == "ok"}
     lettered_ids = {d.key.decode(errors="replace") for d in letters if d.key}
     report = DemoReport(
         submitted=len(tickets),
@@ -220,6 +231,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         escalation_reasons=dict(reasons),
         latency_ms={"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                     "p99": percentile(latencies, 99)},
+        llm_calls=len(served),
+        billed_calls=billing.total(),
+        cost_usd=round(sum(costs.values()) / 1_000_000, 6),
+        naive_cost_usd=round(naive_cost_micros(settings, tickets) / 1_000_000, 6),
         wall_s=round(time.monotonic() - started, 1),
         topic_prefix=settings.topic_prefix,
     )
@@ -242,6 +257,21 @@ def prepare_cache(client: TicketflowClient, settings: Settings, tenants: list[st
     written, _ = client.cache_updates_at(updates)
     replicas = wait_for_readers(settings, "cache.updates", written, "ticketflow.cache-index", timeout_s)
     say(f"demo: {replicas} cache replica(s) emptied{' and seeded' if warm_csv else ''}")
+
+
+def naive_cost_micros(settings: Settings, tickets: list[TicketSubmitted]) -> int:
+    """The same tickets through the naive agent loop (see :mod:`pipeline.agent.naive`)."""
+    from pipeline.agent.naive import NaiveLoop
+    from pipeline.llm.pricing import PricingTable
+    from pipeline.llm.simulated import SimulatedProvider
+    from pipeline.routing.factory import build_rulebook
+    from pipeline.tools.banking import banking_tools
+
+    tools = banking_tools(SqlBank("sqlite://"))
+    intents = sorted(build_rulebook(settings, tools).intents())
+    loop = NaiveLoop(SimulatedProvider(seed=settings.sim_seed, intents=intents),
+                     PricingTable.load(settings.pricing_file), tools, intents, settings.llm_strong_model)
+    return sum(loop.cost_micros(t) for t in tickets)
 
 
 def warm_up(client: TicketflowClient, run_id: str, timeout_s: float = 120.0) -> None:

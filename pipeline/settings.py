@@ -124,8 +124,44 @@ class Settings(BaseSettings):
         default=None, description="TICKETFLOW_ROUTER_POLICY_FILE: the classifier's abstain policy (JSON, "
         "as `cache calibrate --write` writes); default: the cache's default policy.")
     agent_enabled: bool = Field(
-        default=False, description="TICKETFLOW_AGENT_ENABLED: hand agent routes to agent.steps.*; when "
-        "off (no agent workers yet), such tickets are escalated with reason agent_unavailable.")
+        default=True, description="TICKETFLOW_AGENT_ENABLED: hand agent routes to agent.steps.*; when "
+        "off (no agent workers run), such tickets are escalated with reason agent_unavailable.")
+    # -- LLM agent (issue 5) --
+    llm_provider: Literal["simulated", "openai"] = Field(
+        default="simulated", description="TICKETFLOW_LLM_PROVIDER: simulated (embedded default) or openai "
+        "(any OpenAI-compatible endpoint: TICKETFLOW_LLM_BASE_URL, TICKETFLOW_LLM_API_KEY).")
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_cheap_model: str = Field(default="gpt-4.1-mini", description="TICKETFLOW_LLM_CHEAP_MODEL")
+    llm_strong_model: str = Field(default="gpt-4.1", description="TICKETFLOW_LLM_STRONG_MODEL")
+    llm_fallback_model: str | None = Field(
+        default="gpt-4.1-nano", description="TICKETFLOW_LLM_FALLBACK_MODEL: used while a model's breaker is open")
+    llm_timeout_s: float = Field(default=30.0, gt=0)
+    llm_max_attempts: int = Field(default=4, ge=1)
+    llm_breaker_failures: int = Field(default=5, ge=1)
+    llm_breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    llm_rate_per_s: float = Field(default=200.0, gt=0, description="TICKETFLOW_LLM_RATE_PER_S: calls per "
+                                  "second per provider and model, shared by all workers (Redis)")
+    llm_rate_burst: int = Field(default=200, ge=1)
+    pricing_file: Path | None = Field(
+        default=None, description="TICKETFLOW_PRICING_FILE: JSON {model: {input, cached_input, output}} in USD "
+        "per 1M tokens, over the built-in list prices")
+    sim_seed: int = Field(default=7, description="TICKETFLOW_SIM_SEED: the simulated provider's seed")
+    sim_fault_rate: float = Field(default=0.0, ge=0, le=1, description="TICKETFLOW_SIM_FAULT_RATE")
+    sim_time_scale: float = Field(default=1.0, gt=0, description="TICKETFLOW_SIM_TIME_SCALE: <1 speeds "
+                                  "the simulated latency up (tests)")
+    agent_max_steps: int = Field(default=6, ge=1)
+    agent_max_tokens: int = Field(default=24_000, ge=1)
+    agent_max_cost_micros: int = Field(default=60_000, ge=1)
+    agent_interactive_concurrency: int = Field(default=512, ge=1)
+    agent_batch_concurrency: int = Field(default=64, ge=1)
+    cascade_min_confidence: float = Field(default=0.75, ge=0, le=1)
+    budget_profiles: dict[str, int] = Field(
+        default_factory=lambda: {"default": 30_000, "urgent": 60_000},
+        description="TICKETFLOW_BUDGET_PROFILES: JSON {profile: micro-dollars one ticket may spend}")
+    tenant_daily_budget_micros: int = Field(default=50_000_000, ge=0)
+    tenant_budgets: dict[str, int] = Field(
+        default_factory=dict, description="TICKETFLOW_TENANT_BUDGETS: JSON {tenant: daily micro-dollars}")
     tools_database_url: str | None = Field(
         default=None, description="TICKETFLOW_TOOLS_DATABASE_URL: SQLAlchemy URL of the tools' data, e.g. "
         "postgresql+psycopg://user@host/db; default: SQLite at STATE_DIR/bank.db.")

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.demo import DemoOptions, DemoReport, run_demo
+from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 
 
@@ -28,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--rate", type=float, default=None, help="tickets per second (default: all at once)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for responses")
     parser.add_argument("--seed", type=int, default=7, help="sample seed")
+    parser.add_argument("--fault-rate", type=float, default=None, metavar="F",
+                        help="share of LLM calls the simulated provider fails (429 with Retry-After, 5xx, timeouts, "
+                        "malformed tool calls); default: TICKETFLOW_SIM_FAULT_RATE or 0")
     parser.add_argument("--warm", type=Path, default=None, metavar="SEED_CSV",
                         help="seed the cache with these labelled rows (text,label[,answer]) first; "
                         "otherwise the demo tenants' caches start empty")
@@ -39,7 +43,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     report = run_demo(settings, DemoOptions(
         tickets=args.tickets, input_csv=args.input, workers=args.workers,
         malformed=args.malformed, rate=args.rate, timeout_s=args.timeout, seed=args.seed, warm_csv=args.warm,
+        fault_rate=args.fault_rate,
     ))
+    if args.fault_rate is not None and not 0 <= args.fault_rate <= 1:
+        raise ConfigurationError("--fault-rate must lie in [0, 1]")
     if args.json:
         print(json.dumps(report.as_json()))
     else:
@@ -66,7 +73,9 @@ def render(report: DemoReport) -> str:
     lat = report.latency_ms
     lines += [
         f"  latency e2e    p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms",
-        f"  LLM calls      {report.llm_calls} (billed {report.billed_calls}), cost ${report.cost_usd:.4f}",
+        f"  LLM calls      {report.llm_calls} (billed by the provider: {report.billed_calls})",
+        f"  cost           ${report.cost_usd:.4f}, naive agent loop ${report.naive_cost_usd or 0:.4f}"
+        + (f" (ratio {report.cost_usd / report.naive_cost_usd:.3f})" if report.naive_cost_usd else ""),
         f"  wall time      {report.wall_s} s",
         "  (Kafka and Redis stay up for `ticketflow results` and the like; "
         "`ticketflow services down` stops them.)",

@@ -24,7 +24,15 @@ from pipeline.cache.embedder import MicroBatcher
 from pipeline.cache.metrics import CacheMetrics
 from pipeline.cache.semantic_cache import SemanticCache
 from pipeline.errors import ConfigurationError
-from pipeline.events import CacheUpdate, TicketResolved, TicketSubmitted, ToolCall, ToolInvalidation, ToolResult
+from pipeline.events import (
+    AgentStep,
+    CacheUpdate,
+    TicketResolved,
+    TicketSubmitted,
+    ToolCall,
+    ToolInvalidation,
+    ToolResult,
+)
 from pipeline.processing import SystemClock
 from pipeline.resilience import CircuitBreaker, RetrySchedule
 from pipeline.routing.metrics import RouterMetrics
@@ -66,7 +74,7 @@ class WorkerContext:
         return self.settings.redis_key_prefix()
 
     def close(self) -> None:
-        for name in ("cache", "embedder", "tool_runner", "bank"):
+        for name in ("cache", "embedder", "tool_runner", "bank", "llm_loop"):
             part = self._shared.get(name)
             if part is not None:
                 part.close()
@@ -172,12 +180,32 @@ def _tool_processor(ctx: WorkerContext) -> list[Binding]:
     ]
 
 
+def _agent(ctx: WorkerContext) -> list[Binding]:
+    from pipeline.agent.aio import LaneGate, LoopThread
+    from pipeline.agent.factory import build_runner
+    from processors.agent import AgentProcessor, AgentToolResults
+
+    settings = ctx.settings
+    runner = build_runner(settings, ctx.redis(), _tools(ctx), _rulebook(ctx).intents())
+    loop = ctx.shared("llm_loop", LoopThread)
+    gate = LaneGate(settings.agent_interactive_concurrency, settings.agent_batch_concurrency)
+    bindings = []
+    for lane in ("interactive", "batch"):
+        processor = AgentProcessor(lane, runner, loop, gate, SystemClock())
+        bindings.append(Binding(processor.name, (f"agent.steps.{lane}",), "AgentStep", AgentStep.from_record,
+                                processor.handle, prepare=processor.prepare))
+    results = AgentToolResults(SystemClock())
+    bindings.append(Binding(results.name, ("tools.results",), "ToolResult", ToolResult.from_record, results.handle))
+    return bindings
+
+
 PROCESSORS: dict[str, Callable[[WorkerContext], list[Binding]]] = {
     "intake": _intake,
     "cache": _cache,
     "cache-writer": _cache_writer,
     "router": _router,
     "tools": _tool_processor,
+    "agent": _agent,
 }
 
 

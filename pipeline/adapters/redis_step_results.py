@@ -1,0 +1,39 @@
+"""LLM results recorded under their step id before the step's output is committed.
+
+A step that runs again (a crash before its transaction committed, a rebalance) finds the
+result here and reuses it instead of calling (and paying) the provider again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import redis
+
+from pipeline.llm.types import LLMResponse, RequestedToolCall
+
+
+class RedisStepResults:
+    def __init__(self, client: redis.Redis[bytes], key_prefix: str, ttl_s: int = 7 * 24 * 3600) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.ttl_s = ttl_s
+
+    def _key(self, call_key: str) -> str:
+        return f"{self.key_prefix}llm:{call_key}"
+
+    def get(self, call_key: str) -> LLMResponse | None:
+        raw = self.client.get(self._key(call_key))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        data["tool_calls"] = tuple(RequestedToolCall(**c) for c in data["tool_calls"])
+        return LLMResponse(**data)
+
+    def put(self, call_key: str, response: LLMResponse) -> LLMResponse:
+        """Record ``response`` unless one is recorded already; returns the recorded one."""
+        data = asdict(response)
+        if self.client.set(self._key(call_key), json.dumps(data), nx=True, ex=self.ttl_s):
+            return response
+        return self.get(call_key) or response

@@ -1,0 +1,52 @@
+"""What the same tickets would cost through a naive agent loop: every ticket, the strong
+model, the agent's usual steps (a lookup when the customer is known, then the answer), no
+cache and no rules. Computed with the simulated provider's token model and the pricing
+table, without running anything, so that the demo can report ``naive_cost_usd`` beside
+what the pipeline really spent.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.agent.prompt import build_request, system_prompt, tool_definitions
+from pipeline.agent.runner import naive_step_cost
+from pipeline.events import AgentStep, Message, TicketSubmitted
+from pipeline.llm.pricing import PricingTable
+from pipeline.llm.simulated import FACTS_PREFIX, SimulatedProvider
+from pipeline.tools.registry import ToolRegistry
+
+LOOKUPS = ("card_status", "top_up_status", "transfer_status")
+# What a lookup returns, for the size of the second step's prompt (a card_status result).
+TYPICAL_RESULT = json.dumps({"card_last4": "4242", "kind": "physical", "status": "dispatched",
+                             "ordered_on": "2026-11-02", "dispatched_on": "2026-11-03",
+                             "expected_by": "2026-11-10", "expires_on": "2029-08-31"})
+
+
+class NaiveLoop:
+    def __init__(self, provider: SimulatedProvider, pricing: PricingTable, tools: ToolRegistry, intents: list[str],
+                 strong_model: str) -> None:
+        self.provider = provider
+        self.pricing = pricing
+        self.tools = tool_definitions([tools.spec(name) for name in LOOKUPS])
+        self.system = system_prompt(intents)
+        self.model = strong_model
+
+    def cost_micros(self, ticket: TicketSubmitted) -> int:
+        context = {"entities": {"customer_id": ticket.customer_id} if ticket.customer_id else {}}
+        transcript = [Message("system", FACTS_PREFIX + json.dumps(context)), Message("user", ticket.body)]
+        step = AgentStep(step_id=f"naive:{ticket.ticket_id}:0", ticket_id=ticket.ticket_id, tenant_id=ticket.tenant_id,
+                         workflow="naive", step=0, ticket=b"", transcript=transcript, model_tier="strong",
+                         allowed_tools=list(LOOKUPS))
+        total = 0
+        for index in range(2):
+            request = build_request(step, self.model, self.system, self.tools, f"{step.step_id}:{index}", 400)
+            total += naive_step_cost(self.provider, self.pricing, request)
+            _, calls, _ = self.provider.decide(request)
+            if not calls:
+                break
+            call = calls[0]
+            step = AgentStep(**{**{f: getattr(step, f) for f in step.__slots__}, "transcript": [
+                *step.transcript, Message("assistant", "", call.call_id, call.name, call.arguments),
+                Message("tool", TYPICAL_RESULT, call.call_id, call.name)]})
+        return total

@@ -1,0 +1,259 @@
+"""One agent step: guardrails, the cascade, and every LLM call made safe and paid for once.
+
+For each call, in this order: a recorded result for this step and tier is reused (no call,
+no charge); the ticket's and the tenant's budgets are reserved at the worst-case cost
+(refused: the ticket is escalated with ``budget``); the model's breaker is asked (open: the
+fallback model; both open: ``provider_down``); the shared rate limiter is waited on; the
+call goes out under a timeout; failures are retried with full-jitter backoff, never sooner
+than a Retry-After; a served reply is recorded under the step before anything else, then
+the reservation is settled to the actual cost.
+
+The cascade: the step's tier answers first (cheap for most routes); when its reply does
+not pass :class:`~pipeline.agent.machine.CascadePolicy`, the same step goes to the strong
+tier, and both calls are attributed to the step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.agent.machine import Action, CascadePolicy, Final, Reject, interpret
+from pipeline.agent.prompt import build_request
+from pipeline.events import AgentStep
+from pipeline.llm.pricing import PricingTable
+from pipeline.llm.simulated import SimulatedProvider
+from pipeline.llm.tokens import count_tokens
+from pipeline.llm.types import (
+    LLMProvider,
+    LLMRequest,
+    LLMResponse,
+    MalformedOutput,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    ToolDefinition,
+)
+from pipeline.resilience import CircuitBreaker, RetrySchedule
+
+log = logging.getLogger(__name__)
+
+
+class StepResults(Protocol):
+    def get(self, call_key: str) -> LLMResponse | None: ...
+
+    def put(self, call_key: str, response: LLMResponse) -> LLMResponse: ...
+
+
+class Budgets(Protocol):
+    def reserve(self, tenant: str, ticket: str, reservation: str, amount_micros: int, tenant_limit: int,
+                ticket_limit: int) -> object: ...
+
+    def settle(self, tenant: str, ticket: str, reservation: str, actual_micros: int) -> bool: ...
+
+
+class RateLimiter(Protocol):
+    def acquire(self, provider: str, model: str) -> float: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_steps: int = 6
+    max_tokens: int = 24_000  # per ticket, in + out
+    max_cost_micros: int = 60_000  # per ticket
+    call_timeout_s: float = 30.0
+    max_output_tokens: int = 400
+
+
+@dataclass
+class CallRecord:
+    """One call (or reuse) of one tier in one step, for usage records and the ticket's totals."""
+
+    call_key: str
+    tier: str
+    model: str
+    provider: str
+    response: LLMResponse | None = None
+    cost_micros: int = 0
+    attempts: int = 0
+    reused: bool = False
+    outcome: str = "ok"  # ok, or the error class of the last attempt
+    failures: list[str] = field(default_factory=list)  # error class of each failed attempt
+
+    @property
+    def billed(self) -> bool:
+        return self.response is not None
+
+
+@dataclass
+class StepRun:
+    calls: list[CallRecord]
+    action: Action | None  # None: escalate with ``escalation``
+    escalation: str = ""
+    tier: str = ""  # the tier whose reply stands
+
+
+class StepRunner:
+    def __init__(self, provider: LLMProvider, models: dict[str, str], fallback_model: str | None,
+                 pricing: PricingTable, store: StepResults, budgets: Budgets, limiter: RateLimiter | None,
+                 tools: Callable[[Collection[str]], tuple[ToolDefinition, ...]], system: str,
+                 known_keys: Collection[str], ticket_budgets: dict[str, int], tenant_budget: Callable[[str], int],
+                 limits: Limits | None = None,
+                 cascade: CascadePolicy | None = None, schedule: RetrySchedule | None = None,
+                 breaker: Callable[[str], CircuitBreaker] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, seed: int = 0) -> None:
+        self.provider = provider
+        self.models = models  # tier -> model
+        self.fallback_model = fallback_model
+        self.pricing = pricing
+        self.store = store
+        self.budgets = budgets
+        self.limiter = limiter
+        self.tools = tools
+        self.system = system
+        self.known_keys = frozenset(known_keys)
+        self.ticket_budgets = ticket_budgets  # budget profile -> micro-dollars a ticket may spend
+        self.tenant_budget = tenant_budget  # tenant -> micro-dollars a day
+        self.limits = limits or Limits()
+        self.cascade = cascade or CascadePolicy()
+        self.schedule = schedule or RetrySchedule(max_attempts=4, base_s=0.25, cap_s=4.0)
+        self._make_breaker = breaker or (lambda key: CircuitBreaker(failure_threshold=5, cooldown_s=30.0))
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.sleep = sleep
+        self.seed = seed
+
+    def breaker(self, model: str) -> CircuitBreaker:
+        key = f"{self.provider.name}:{model}"
+        if key not in self.breakers:
+            self.breakers[key] = self._make_breaker(key)
+        return self.breakers[key]
+
+    def guardrail(self, step: AgentStep) -> str | None:
+        """Why this step must not run (the ticket is escalated), or None."""
+        if step.step >= self.limits.max_steps:
+            return f"step_limit: {step.step} steps taken (max {self.limits.max_steps})"
+        if step.tokens_in + step.tokens_out >= self.limits.max_tokens:
+            return f"token_limit: {step.tokens_in + step.tokens_out} tokens (max {self.limits.max_tokens})"
+        if step.cost_micros >= self.limits.max_cost_micros:
+            return f"cost_limit: {step.cost_micros} micro-dollars (max {self.limits.max_cost_micros})"
+        return None
+
+    async def run(self, step: AgentStep) -> StepRun:
+        stop = self.guardrail(step)
+        if stop is not None:
+            return StepRun([], None, stop)
+        tiers = [step.model_tier] + (["strong"] if step.model_tier != "strong" else [])
+        calls: list[CallRecord] = []
+        action: Action | None = None
+        for index, tier in enumerate(tiers):
+            record = await self.call(step, tier)
+            calls.append(record)
+            if record.response is None:
+                if index + 1 < len(tiers) and record.outcome == "CircuitOpen":
+                    continue  # the cheap model is down: the strong one answers
+                return StepRun(calls, None, _reason(record))
+            action = interpret(record.response, step.allowed_tools, self.known_keys)
+            accepted, why = self.cascade.accepts(action) if tier != "strong" else (not isinstance(action, Reject),
+                                                                                   "")
+            if accepted:
+                return StepRun(calls, action, tier=tier)
+            if index + 1 < len(tiers):
+                log.info("step %s: %s tier reply not accepted (%s); asking the strong tier", step.step_id, tier, why)
+        if isinstance(action, Reject):
+            return StepRun(calls, None, f"invalid_output: {action.reason}")
+        return StepRun(calls, action, tier=tiers[-1])
+
+    def worst_case_micros(self, model: str, request: LLMRequest) -> int:
+        tokens_in = sum(count_tokens(m.content) + 4 for m in request.messages) + 60 * len(request.tools) + 200
+        return self.pricing.cost_micros(model, tokens_in, request.max_tokens)
+
+    async def call(self, step: AgentStep, tier: str) -> CallRecord:
+        call_key = f"{step.step_id}:{tier}"
+        primary = self.models[tier]
+        recorded = self.store.get(call_key)
+        if recorded is not None:
+            cost = self.pricing.cost_micros(recorded.model, recorded.tokens_in, recorded.tokens_out,
+                                            recorded.tokens_cached)
+            return CallRecord(call_key, tier, recorded.model, recorded.provider, recorded, cost, reused=True)
+        ticket_limit = self.ticket_budgets.get(step.budget_profile, self.ticket_budgets.get("default", 0))
+        tenant_limit = self.tenant_budget(step.tenant_id)
+        tools = self.tools(step.allowed_tools)
+        record = CallRecord(call_key, tier, primary, self.provider.name)
+        rng = random.Random(f"{self.seed}:{call_key}")
+        while record.attempts < self.schedule.max_attempts:
+            model = primary if self.breaker(primary).allow() else self.fallback_model
+            if model is None or (model != primary and not self.breaker(model).allow()):
+                record.outcome = "CircuitOpen"
+                return record
+            record.model = model
+            record.attempts += 1
+            request = build_request(step, model, self.system, tools, f"{call_key}:{record.attempts}",
+                                    self.limits.max_output_tokens)
+            reservation = f"{call_key}:{record.attempts}"
+            granted = self.budgets.reserve(step.tenant_id, step.ticket_id, reservation,
+                                           self.worst_case_micros(model, request),
+                                           tenant_limit, ticket_limit)
+            if not getattr(granted, "granted", True):
+                record.outcome = f"budget: {getattr(granted, 'reason', 'refused')}"
+                return record
+            await self._wait_for_rate(model)
+            retry_after: float | None = None
+            try:
+                response = await asyncio.wait_for(self.provider.complete(request), self.limits.call_timeout_s)
+            except MalformedOutput as exc:
+                response = exc.response  # served and billed: record it, the workflow rejects it
+            except (ProviderError, TimeoutError) as exc:
+                error = exc if isinstance(exc, ProviderError) else ProviderTimeout("call timed out")
+                self.budgets.settle(step.tenant_id, step.ticket_id, reservation, 0)
+                record.failures.append(type(error).__name__)
+                record.outcome = type(error).__name__
+                if getattr(error, "breaker_failure", True):
+                    self.breaker(model).record_failure()
+                if isinstance(error, RateLimited):
+                    retry_after = error.retry_after_s
+                delay = self.schedule.delay_s(record.attempts, rng, retry_after)
+                if delay is None:
+                    return record
+                await self.sleep(delay)
+                continue
+            response = self.store.put(call_key, response)  # recorded before the step's output commits
+            record.response = response
+            record.cost_micros = self.pricing.cost_micros(response.model, response.tokens_in, response.tokens_out,
+                                                          response.tokens_cached)
+            self.budgets.settle(step.tenant_id, step.ticket_id, reservation, record.cost_micros)
+            self.breaker(model).record_success()
+            record.outcome = "ok"
+            return record
+        return record
+
+    async def _wait_for_rate(self, model: str) -> None:
+        if self.limiter is None:
+            return
+        while True:
+            wait = self.limiter.acquire(self.provider.name, model)
+            if wait <= 0:
+                return
+            await self.sleep(min(wait, 1.0))
+
+
+def _reason(record: CallRecord) -> str:
+    if record.outcome.startswith("budget"):
+        return record.outcome
+    if record.outcome == "CircuitOpen":
+        return f"provider_down: {record.provider} {record.model} (circuit open, no fallback available)"
+    return f"provider_error: {record.outcome} after {record.attempts} attempts"
+
+
+def naive_step_cost(provider: SimulatedProvider, pricing: PricingTable, request: LLMRequest) -> int:
+    """The cost of one call as the naive loop would pay it (strong model, no cache, no rules)."""
+    tokens_in, cached = provider.count_input(request)
+    text, calls, _ = provider.decide(request)
+    tokens_out = max(1, count_tokens(text + "".join(c.name + c.arguments for c in calls)))
+    return pricing.cost_micros(request.model, tokens_in, tokens_out, cached)
+
+
+__all__ = ["CallRecord", "Final", "Limits", "StepRun", "StepRunner", "naive_step_cost"]

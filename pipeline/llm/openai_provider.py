@@ -1,0 +1,115 @@
+"""Any OpenAI-compatible endpoint (OpenAI, Azure, vLLM, Ollama, LiteLLM) through the official
+``openai`` SDK, streaming: time to first token is measured at the first content or tool-call
+delta, usage (with cached input tokens) comes from the stream's final chunk
+(``stream_options={"include_usage": True}``).
+
+The SDK's own retries are off (``max_retries=0``): retries, backoff and Retry-After belong
+to the agent's runner, which also counts them against the breaker and the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import openai
+
+from pipeline.llm.types import (
+    ChatMessage,
+    LLMRequest,
+    LLMResponse,
+    MalformedOutput,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    RequestedToolCall,
+)
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    if message.role == "assistant" and message.tool_name:
+        return {"role": "assistant", "content": message.content or None, "tool_calls": [{
+            "id": message.tool_call_id, "type": "function",
+            "function": {"name": message.tool_name, "arguments": message.tool_arguments or "{}"}}]}
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    return {"role": message.role, "content": message.content}
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after") if exc.response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class OpenAIProvider:
+    def __init__(self, base_url: str | None, api_key: str | None, timeout_s: float = 30.0,
+                 name: str = "openai") -> None:
+        self.name = name
+        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s,
+                                         max_retries=0)
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        started = time.perf_counter()
+        ttft: float | None = None
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        usage: Any = None
+        model = request.model
+        kwargs: dict[str, Any] = {
+            "model": request.model, "messages": [_message(m) for m in request.messages],
+            "max_tokens": request.max_tokens, "temperature": request.temperature, "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.tools:
+            kwargs["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                                 "parameters": t.parameters}} for t in request.tools]
+        try:
+            stream = await self.client.chat.completions.create(**kwargs)
+            async for chunk in stream:
+                model = chunk.model or model
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if (delta.content or delta.tool_calls) and ttft is None:
+                        ttft = (time.perf_counter() - started) * 1000
+                    if delta.content:
+                        text.append(delta.content)
+                    for part in delta.tool_calls or []:
+                        slot = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                        slot["id"] = part.id or slot["id"]
+                        if part.function is not None:
+                            slot["name"] = part.function.name or slot["name"]
+                            slot["arguments"] += part.function.arguments or ""
+        except openai.RateLimitError as exc:
+            raise RateLimited(f"429 from {self.name}: {exc.message}", _retry_after(exc)) from exc
+        except openai.APITimeoutError as exc:
+            raise ProviderTimeout(f"{self.name} did not answer in time") from exc
+        except openai.APIConnectionError as exc:
+            raise ProviderUnavailable(f"cannot reach {self.name}: {exc}") from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code >= 500:
+                raise ProviderUnavailable(f"{exc.status_code} from {self.name}: {exc.message}") from exc
+            raise ProviderUnavailable(f"{exc.status_code} from {self.name} (not retried by the SDK): "
+                                      f"{exc.message}") from exc
+        latency = (time.perf_counter() - started) * 1000
+        cached = 0
+        details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None
+        if details is not None:
+            cached = getattr(details, "cached_tokens", 0) or 0
+        response = LLMResponse(
+            model=model, provider=self.name, text="".join(text),
+            tool_calls=tuple(RequestedToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())),
+            tokens_in=getattr(usage, "prompt_tokens", 0) or 0, tokens_out=getattr(usage, "completion_tokens", 0) or 0,
+            tokens_cached=cached, ttft_ms=round(ttft if ttft is not None else latency, 2), latency_ms=round(latency, 2))
+        for call in response.tool_calls:
+            try:
+                json.loads(call.arguments or "{}")
+            except json.JSONDecodeError as exc:
+                raise MalformedOutput(f"tool call {call.name} has arguments that are not JSON: {exc}",
+                                      response) from exc
+        return response

@@ -1,0 +1,220 @@
+"""The embedded default LLM: a deterministic simulation with latency, tokens, quality and faults.
+
+Deterministic for a seed: every random draw is seeded by (seed, request id), and the caller
+puts the step id, tier and attempt into the request id, so a replay sees the same answers
+and the same faults. What it models:
+
+- latency: time to first token (per model, with a long-tailed spread) plus a time per
+  output token; ``time_scale`` shrinks both for tests;
+- tokens: counted with a real tokenizer (:mod:`pipeline.llm.tokens`) over the messages and
+  the tool schemas, as a provider bills them; a prompt prefix of 1,024+ tokens seen before
+  counts as cached input, as OpenAI's prompt caching does;
+- quality per model: the model understands the ticket as the intent its knowledge gives
+  (the router's nearest intent, carried in the system message) with the model's accuracy,
+  else as another intent, and says how confident it is (lower, on average, when wrong);
+- tools: it calls a lookup first when it has one and the customer is known, then answers;
+  a "credulous" share of answers to prompt-injected tickets call ``refund`` although it is
+  not among the tools offered (the agent must refuse it);
+- faults (``fault_rate``): 429 with Retry-After, 5xx, timeouts, and malformed tool-call
+  JSON (served and billed, but unusable);
+- billing: it counts the calls it served (``billed``), which must equal the calls the
+  pipeline accounted for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipeline.llm.tokens import count_tokens
+from pipeline.llm.types import (
+    LLMRequest,
+    LLMResponse,
+    MalformedOutput,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    RequestedToolCall,
+)
+
+INJECTION_MARKERS = ("ignore your instructions", "ignore previous instructions", "ignore all previous")
+FACTS_PREFIX = "router facts: "
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    ttft_ms: float  # median time to first token
+    per_token_ms: float
+    accuracy: float  # P(understands the intent right)
+    credulity: float = 0.0  # P(obeys a prompt injection)
+
+
+DEFAULT_PROFILES: dict[str, ModelProfile] = {
+    "gpt-4.1": ModelProfile(ttft_ms=700, per_token_ms=12, accuracy=0.97, credulity=0.0),
+    "gpt-4.1-mini": ModelProfile(ttft_ms=350, per_token_ms=6, accuracy=0.85, credulity=0.3),
+    "gpt-4.1-nano": ModelProfile(ttft_ms=250, per_token_ms=4, accuracy=0.70, credulity=0.5),
+}
+
+
+class BillingCounter(Protocol):
+    def add(self, model: str) -> None: ...
+
+    def total(self) -> int: ...
+
+
+class MemoryBilling:
+    def __init__(self) -> None:
+        self.by_model: dict[str, int] = {}
+
+    def add(self, model: str) -> None:
+        self.by_model[model] = self.by_model.get(model, 0) + 1
+
+    def total(self) -> int:
+        return sum(self.by_model.values())
+
+
+def _rng(*parts: object) -> random.Random:
+    digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def facts(request: LLMRequest) -> dict[str, Any]:
+    """The router's facts the agent put into the system messages (intent, entities)."""
+    for message in request.messages:
+        if message.role == "system" and FACTS_PREFIX in message.content:
+            try:
+                found: dict[str, Any] = json.loads(message.content.split(FACTS_PREFIX, 1)[1].splitlines()[0])
+                return found
+            except (json.JSONDecodeError, IndexError):
+                return {}
+    return {}
+
+
+class SimulatedProvider:
+    name = "simulated"
+
+    def __init__(self, seed: int = 7, fault_rate: float = 0.0, profiles: dict[str, ModelProfile] | None = None,
+                 intents: list[str] | None = None, billing: BillingCounter | None = None, time_scale: float = 1.0,
+                 timeout_s: float = 20.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        if not 0 <= fault_rate <= 1:
+            raise ValueError("fault_rate must lie in [0, 1]")
+        self.seed = seed
+        self.fault_rate = fault_rate
+        self.profiles = profiles or DEFAULT_PROFILES
+        self.intents = sorted(intents or [])
+        self.billing = billing or MemoryBilling()
+        self.time_scale = time_scale
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+        self._prefixes: set[str] = set()
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    def profile(self, model: str) -> ModelProfile:
+        try:
+            return self.profiles[model]
+        except KeyError:
+            raise ProviderUnavailable(f"model {model!r} is not served here (404)") from None
+
+    def count_input(self, request: LLMRequest) -> tuple[int, int]:
+        """(input tokens, of which cached) as the provider would bill them; no side effects."""
+        tools = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
+                            for t in request.tools], sort_keys=True) if request.tools else ""
+        parts = [tools] + [f"{m.role}: {m.content} {m.tool_arguments or ''}" for m in request.messages]
+        counts = [count_tokens(p) + (4 if i else 0) for i, p in enumerate(parts)]
+        total = sum(counts)
+        prefix_tokens = counts[0] + (counts[1] if len(counts) > 1 else 0)
+        cached = prefix_tokens if prefix_tokens >= 1024 and self._prefix(request) in self._prefixes else 0
+        return total, cached
+
+    def decide(self, request: LLMRequest) -> tuple[str, tuple[RequestedToolCall, ...], dict[str, Any]]:
+        """What the model says (text, tool calls), deterministically; no latency, no faults."""
+        profile = self.profile(request.model)
+        rng = _rng(self.seed, "answer", request.request_id, request.model)
+        known = facts(request)
+        ticket = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        offered = {t.name for t in request.tools}
+        results = [m for m in request.messages if m.role == "tool"]
+        customer = (known.get("entities") or {}).get("customer_id")
+        if any(marker in ticket.lower() for marker in INJECTION_MARKERS) and rng.random() < profile.credulity:
+            call = RequestedToolCall(f"call_{rng.getrandbits(32):08x}", "refund", json.dumps(
+                {"customer_id": customer or "C-00001", "transfer_id": "TR-X", "amount": "5000.00 EUR"}))
+            return "", (call,), {"injected": True}
+        lookup = next((name for name in ("card_status", "transfer_status", "top_up_status") if name in offered), None)
+        if lookup is not None and customer and not results:
+            call = RequestedToolCall(f"call_{rng.getrandbits(32):08x}", lookup, json.dumps({"customer_id": customer}))
+            return "", (call,), {}
+        nearest = known.get("nearest_intent") or known.get("intent")
+        right = nearest is not None and rng.random() < profile.accuracy
+        others = [i for i in self.intents if i != nearest] or ["unknown"]
+        intent = nearest if right and nearest is not None else rng.choice(others)
+        confidence = round(rng.uniform(0.72, 0.99) if right else rng.uniform(0.30, 0.80), 2)
+        looked_up = f" I checked your account: {results[-1].content[:160]}" if results else ""
+        topic = intent.replace("_", " ")
+        body = (f"Thank you for reaching out about this. Here is what applies to your case ({topic})."
+                f"{looked_up} If anything is still unclear, reply to this message and we will help further.")
+        text = json.dumps({"resolution_key": intent, "answer": body, "confidence": confidence})
+        return text, (), {"right": right}
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        profile = self.profile(request.model)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._complete(request, profile)
+        finally:
+            self.in_flight -= 1
+
+    async def _complete(self, request: LLMRequest, profile: ModelProfile) -> LLMResponse:
+        rng = _rng(self.seed, "fault", request.request_id, request.model)
+        ttft = profile.ttft_ms * rng.lognormvariate(0, 0.35)
+        fault = rng.choice(["429", "5xx", "timeout", "malformed"]) if rng.random() < self.fault_rate else None
+        if fault == "429":
+            await self.sleep(0.02 * self.time_scale)
+            raise RateLimited("429 Too Many Requests (simulated)", retry_after_s=round(rng.uniform(0.2, 1.0), 2)
+                              * self.time_scale)
+        if fault == "5xx":
+            await self.sleep(ttft / 4000 * self.time_scale)
+            raise ProviderUnavailable("503 Service Unavailable (simulated)")
+        if fault == "timeout":
+            await self.sleep(self.timeout_s * self.time_scale)
+            raise ProviderTimeout(f"no response within {self.timeout_s * self.time_scale:.1f} s (simulated)")
+        text, calls, extra = self.decide(request)
+        tokens_in, cached = self.count_input(request)
+        output = text + "".join(c.name + c.arguments for c in calls)
+        tokens_out = max(1, count_tokens(output))
+        latency = ttft + tokens_out * profile.per_token_ms
+        await self.sleep(latency / 1000 * self.time_scale)
+        self._prefixes.add(self._prefix(request))
+        self.billing.add(request.model)
+        response = LLMResponse(model=request.model, provider=self.name, text=text, tool_calls=calls,
+                               tokens_in=tokens_in, tokens_out=tokens_out, tokens_cached=cached,
+                               ttft_ms=round(ttft * self.time_scale, 2), latency_ms=round(latency * self.time_scale, 2),
+                               extra=extra)
+        if fault == "malformed":
+            broken = tuple(RequestedToolCall(c.call_id, c.name, c.arguments[: len(c.arguments) // 2]) for c in calls) \
+                or (RequestedToolCall("call_broken", "card_status", '{"customer_id": "C-0'),)
+            raise MalformedOutput("tool call arguments are not valid JSON (simulated)",
+                                  _with_calls(response, broken))
+        return response
+
+    @staticmethod
+    def _prefix(request: LLMRequest) -> str:
+        """The cacheable prefix (tool schemas and the first message), as a digest."""
+        tools = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
+                            for t in request.tools], sort_keys=True) if request.tools else ""
+        first = request.messages[0] if request.messages else None
+        text = tools + "\x00" + (f"{first.role}: {first.content} {first.tool_arguments or ''}" if first else "")
+        return hashlib.sha256(f"{request.model}\x00{text}".encode()).hexdigest()
+
+
+def _with_calls(response: LLMResponse, calls: tuple[RequestedToolCall, ...]) -> LLMResponse:
+    return LLMResponse(model=response.model, provider=response.provider, text="", tool_calls=calls,
+                       tokens_in=response.tokens_in, tokens_out=response.tokens_out,
+                       tokens_cached=response.tokens_cached, ttft_ms=response.ttft_ms,
+                       latency_ms=response.latency_ms, extra=response.extra)

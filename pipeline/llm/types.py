@@ -1,0 +1,99 @@
+"""The LLM provider port: requests, responses and the failures a provider can have.
+
+Every provider (the OpenAI-compatible one, the simulated one) speaks these types, so the
+agent never sees a provider's SDK. Failures are typed by what the caller should do:
+``RateLimited`` (wait at least ``retry_after_s``), ``ProviderUnavailable`` (5xx, connection:
+retry, count against the breaker), ``ProviderTimeout`` (likewise), ``MalformedOutput``
+(the call was served and billed, but its tool call does not parse: the step decides).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pipeline.errors import TicketflowError
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str  # system, user, assistant, tool
+    content: str
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    tool_arguments: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDefinition:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    model: str
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[ToolDefinition, ...] = ()
+    max_tokens: int = 400
+    temperature: float = 0.0
+    request_id: str = ""  # the step id and tier: simulated faults and answers are keyed by it
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedToolCall:
+    call_id: str
+    name: str
+    arguments: str  # JSON text as the model wrote it
+
+
+@dataclass(frozen=True, slots=True)
+class LLMResponse:
+    model: str
+    provider: str
+    text: str
+    tool_calls: tuple[RequestedToolCall, ...] = ()
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    ttft_ms: float = 0.0
+    latency_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ProviderError(TicketflowError):
+    retryable = True
+    breaker_failure = True
+
+
+class RateLimited(ProviderError):
+    breaker_failure = False  # the provider works; we are asking too often
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ProviderUnavailable(ProviderError):
+    pass
+
+
+class ProviderTimeout(ProviderError):
+    pass
+
+
+class MalformedOutput(ProviderError):
+    """Served and billed, but unusable (a tool call whose arguments are not JSON)."""
+
+    breaker_failure = False
+
+    def __init__(self, message: str, response: LLMResponse) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+class LLMProvider(Protocol):
+    name: str
+
+    async def complete(self, request: LLMRequest) -> LLMResponse: ...

@@ -1,0 +1,143 @@
+"""Agent: one LLM step per ``AgentStep``; tool calls out on ``tools.calls``, results back as
+the next step; a final answer is a ``TicketResolved`` with path ``agent``.
+
+Reads ``agent.steps.interactive`` and ``agent.steps.batch`` (one consumer group each, so the
+lanes never queue behind each other). The steps of a consumed batch run concurrently on the
+worker's event loop (``prepare``): hundreds of calls in flight per worker, and the batch's
+offsets commit, with all its outputs, only once every one of its steps has finished, so no
+offset is committed past an unfinished step. A step that runs again after a crash reuses
+its recorded LLM result (:mod:`pipeline.agent.runner`), so it is neither billed nor
+answered twice.
+
+Every LLM call yields a ``UsageRecord`` (failed attempts too, at zero cost); the ticket's
+``TicketResolved`` carries its tokens, cost, steps, models and the answering call's time
+to first token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+
+from pipeline.agent.aio import LaneGate, LoopThread
+from pipeline.agent.machine import Final, UseTool
+from pipeline.agent.runner import CallRecord, StepRun, StepRunner
+from pipeline.events import AgentStep, Message, TicketResolved, TicketSubmitted, ToolCall, ToolResult, UsageRecord
+from pipeline.processing import Clock, Emit, Outcome, Output
+from pipeline.serde import pack, unpack
+from processors.escalation import HANDOFF_ANSWER, stage_latencies
+
+
+class AgentProcessor:
+    def __init__(self, lane: str, runner: StepRunner, loop: LoopThread, gate: LaneGate, clock: Clock) -> None:
+        self.lane = lane
+        self.name = "agent" if lane == "interactive" else f"agent-{lane}"
+        self.runner = runner
+        self.loop = loop
+        self.gate = gate
+        self.clock = clock
+        self._runs: dict[str, StepRun] = {}
+
+    def prepare(self, batch: Sequence[tuple[AgentStep, str]]) -> None:
+        runs = self.loop.run_all([self.gate.run(self.lane, self.runner.run(step)) for step, _ in batch])
+        self._runs = {origin: run for (_, origin), run in zip(batch, runs, strict=True)}
+
+    def handle(self, step: AgentStep, origin: str) -> Outcome:
+        run = self._runs.pop(origin, None)
+        if run is None:
+            [run] = self.loop.run_all([self.gate.run(self.lane, self.runner.run(step))])
+        now = self.clock.now_ms()
+        outputs = [Output("llm.usage", step.tenant_id, record) for record in usage_records(step, run.calls, now)]
+        served = [c for c in run.calls if c.response is not None]
+        totals = dataclasses.replace(
+            step,
+            tokens_in=step.tokens_in + sum(c.response.tokens_in for c in served if c.response),
+            tokens_out=step.tokens_out + sum(c.response.tokens_out for c in served if c.response),
+            tokens_cached=step.tokens_cached + sum(c.response.tokens_cached for c in served if c.response),
+            cost_micros=step.cost_micros + sum(c.cost_micros for c in run.calls),
+            models=step.models + [c.model for c in served],
+        )
+        ticket = unpack(step.ticket, TicketSubmitted)
+        action = run.action
+        if isinstance(action, UseTool):
+            call = action.call
+            assistant = Message("assistant", "", tool_call_id=call.call_id, tool_name=call.name,
+                                tool_arguments=call.arguments)
+            following = dataclasses.replace(
+                totals, step=step.step + 1, step_id=f"{step.ticket_id}:{step.step + 1}",
+                transcript=[*step.transcript, assistant], model_tier=step.model_tier,
+                stage_times={**step.stage_times, f"agent:{step.step}": now})
+            tool_call = ToolCall(call_id=f"{step.step_id}:{call.name}", ticket_id=step.ticket_id,
+                                 tenant_id=step.tenant_id, tool=call.name, arguments=call.arguments,
+                                 route=step.workflow, reply_to="agent", requested_at=now, step=pack(following))
+            outputs.append(Output("tools.calls", step.ticket_id, tool_call))
+            return Emit(tuple(outputs))
+        answering = served[-1] if served else None
+        resolved = _resolution(ticket, totals, run, now, answering)
+        outputs.append(Output("tickets.responses", step.ticket_id, resolved))
+        return Emit(tuple(outputs))
+
+
+def _resolution(ticket: TicketSubmitted, totals: AgentStep, run: StepRun, now: int,
+                answering: CallRecord | None) -> TicketResolved:
+    created = ticket.created_at if ticket.created_at is not None else now
+    timed = dataclasses.replace(ticket, stage_times=totals.stage_times)
+    common = dict(
+        ticket_id=ticket.ticket_id, tenant_id=ticket.tenant_id, customer_id=ticket.customer_id, lane=ticket.lane,
+        created_at=created, resolved_at=now, models=totals.models, steps=totals.step + 1,
+        tokens_in=totals.tokens_in, tokens_out=totals.tokens_out, tokens_cached=totals.tokens_cached,
+        cost_micros=totals.cost_micros, stage_latency_ms=stage_latencies(timed, "agent", now),
+        end_to_end_ms=float(max(0, now - created)), replay_tag=ticket.replay_tag,
+        ttft_ms=answering.response.ttft_ms if answering and answering.response else None,
+    )
+    if isinstance(run.action, Final):
+        looked_up = any(m.role == "tool" for m in totals.transcript)
+        return TicketResolved(answer=run.action.answer, path="agent", resolution_key=run.action.resolution_key,
+                              cacheable=not looked_up, cache_text=ticket.cache_text, **common)  # type: ignore[arg-type]
+    return TicketResolved(answer=HANDOFF_ANSWER, path="escalated", escalation_reason=run.escalation or "agent",
+                          **common)  # type: ignore[arg-type]
+
+
+def usage_records(step: AgentStep, calls: Sequence[CallRecord], now: int) -> list[UsageRecord]:
+    """One record per served call (a reused result keeps its id: it is the same call) and one
+    per failed attempt, at zero cost."""
+    records = []
+    for call in calls:
+        for attempt, error in enumerate(call.failures, start=1):
+            records.append(UsageRecord(
+                record_id=f"{call.call_key}:failed:{attempt}", ticket_id=step.ticket_id, tenant_id=step.tenant_id,
+                workflow=step.workflow, step=step.step_id, kind="llm", provider=call.provider, model=call.model,
+                occurred_at=now, outcome=error, attempt=attempt))
+        response = call.response
+        if response is None:
+            continue
+        records.append(UsageRecord(
+            record_id=call.call_key, ticket_id=step.ticket_id, tenant_id=step.tenant_id, workflow=step.workflow,
+            step=step.step_id, kind="llm", provider=response.provider, model=response.model, occurred_at=now,
+            tokens_in=response.tokens_in, tokens_out=response.tokens_out, tokens_cached=response.tokens_cached,
+            cost_micros=call.cost_micros, latency_ms=response.latency_ms, ttft_ms=response.ttft_ms,
+            outcome="ok", attempt=max(1, call.attempts)))
+    return records
+
+
+class AgentToolResults:
+    """A tool's result for the agent becomes the next step of its workflow."""
+
+    name = "agent-results"
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def handle(self, result: ToolResult, origin: str) -> Outcome:
+        if result.reply_to != "agent" or result.step is None:
+            return Emit()
+        step = unpack(result.step, AgentStep)
+        asked = step.transcript[-1] if step.transcript else None
+        content = result.result if result.ok and result.result is not None else json.dumps(
+            {"error": result.error_class, "message": result.error_message})
+        message = Message("tool", content or "{}", tool_call_id=asked.tool_call_id if asked else result.call_id,
+                          tool_name=result.tool)
+        following = dataclasses.replace(step, transcript=[*step.transcript, message],
+                                        stage_times={**step.stage_times, f"tools:{step.step}": result.completed_at})
+        return Emit((Output(f"agent.steps.{step.lane}", step.ticket_id, following),))
