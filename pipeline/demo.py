@@ -171,6 +171,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     arrivals: dict[str, list[int]] = {}
     created: dict[str, int] = {}
     costs: dict[str, int] = {}
+    keys: dict[str, str] = {}  # the intent each ticket was resolved with (the naive loop's understanding)
     paths: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
 
@@ -192,6 +193,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
                 if first:
                     created[resolved.ticket_id] = resolved.created_at
                     costs[resolved.ticket_id] = resolved.cost_micros
+                    if resolved.resolution_key:
+                        keys[resolved.ticket_id] = resolved.resolution_key
                     paths[resolved.path] += 1
                     if resolved.escalation_reason:
                         reasons[resolved.escalation_reason] += 1
@@ -234,7 +237,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         llm_calls=len(served),
         billed_calls=billing.total(),
         cost_usd=round(sum(costs.values()) / 1_000_000, 6),
-        naive_cost_usd=round(naive_cost_micros(settings, tickets) / 1_000_000, 6),
+        naive_cost_usd=round(naive_cost_micros(settings, tickets, keys) / 1_000_000, 6),
         wall_s=round(time.monotonic() - started, 1),
         topic_prefix=settings.topic_prefix,
     )
@@ -259,7 +262,7 @@ def prepare_cache(client: TicketflowClient, settings: Settings, tenants: list[st
     say(f"demo: {replicas} cache replica(s) emptied{' and seeded' if warm_csv else ''}")
 
 
-def naive_cost_micros(settings: Settings, tickets: list[TicketSubmitted]) -> int:
+def naive_cost_micros(settings: Settings, tickets: list[TicketSubmitted], intents_by_ticket: dict[str, str]) -> int:
     """The same tickets through the naive agent loop (see :mod:`pipeline.agent.naive`)."""
     from pipeline.agent.naive import NaiveLoop
     from pipeline.llm.pricing import PricingTable
@@ -271,7 +274,7 @@ def naive_cost_micros(settings: Settings, tickets: list[TicketSubmitted]) -> int
     intents = sorted(build_rulebook(settings, tools).intents())
     loop = NaiveLoop(SimulatedProvider(seed=settings.sim_seed, intents=intents),
                      PricingTable.load(settings.pricing_file), tools, intents, settings.llm_strong_model)
-    return sum(loop.cost_micros(t) for t in tickets)
+    return sum(loop.cost_micros(t, intents_by_ticket.get(t.ticket_id)) for t in tickets)
 
 
 def warm_up(client: TicketflowClient, run_id: str, timeout_s: float = 120.0) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import time
 from collections.abc import Sequence
 
 from pipeline.agent.aio import LaneGate, LoopThread
@@ -27,6 +29,8 @@ from pipeline.events import AgentStep, Message, TicketResolved, TicketSubmitted,
 from pipeline.processing import Clock, Emit, Outcome, Output
 from pipeline.serde import pack, unpack
 from processors.escalation import HANDOFF_ANSWER, stage_latencies
+
+log = logging.getLogger(__name__)
 
 
 class AgentProcessor:
@@ -40,8 +44,10 @@ class AgentProcessor:
         self._runs: dict[str, StepRun] = {}
 
     def prepare(self, batch: Sequence[tuple[AgentStep, str]]) -> None:
+        started = time.perf_counter()
         runs = self.loop.run_all([self.gate.run(self.lane, self.runner.run(step)) for step, _ in batch])
         self._runs = {origin: run for (_, origin), run in zip(batch, runs, strict=True)}
+        log.info("%s: %d steps in %.2f s", self.name, len(batch), time.perf_counter() - started)
 
     def handle(self, step: AgentStep, origin: str) -> Outcome:
         run = self._runs.pop(origin, None)

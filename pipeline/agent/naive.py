@@ -1,8 +1,10 @@
 """What the same tickets would cost through a naive agent loop: every ticket, the strong
-model, the agent's usual steps (a lookup when the customer is known, then the answer), no
-cache and no rules. Computed with the simulated provider's token model and the pricing
-table, without running anything, so that the demo can report ``naive_cost_usd`` beside
-what the pipeline really spent.
+model, the agent's usual steps (a lookup of the customer's data when the question is about
+it, then the answer), no cache and no rules. The naive agent understands each ticket as
+what it turned out to be (the intent the pipeline resolved it with), gets the same prompt
+cache (a repeated prompt prefix is billed at the cached-input price) and the full prompt.
+Computed with the simulated provider's token model and the pricing table, without running
+anything, so that the demo reports ``naive_cost_usd`` beside what the pipeline spent.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ class NaiveLoop:
         self.system = system_prompt(intents)
         self.model = strong_model
 
-    def cost_micros(self, ticket: TicketSubmitted) -> int:
-        context = {"entities": {"customer_id": ticket.customer_id} if ticket.customer_id else {}}
+    def cost_micros(self, ticket: TicketSubmitted, intent: str | None) -> int:
+        context = {"entities": {"customer_id": ticket.customer_id} if ticket.customer_id else {},
+                   "nearest_intent": intent}
         transcript = [Message("system", FACTS_PREFIX + json.dumps(context)), Message("user", ticket.body)]
         step = AgentStep(step_id=f"naive:{ticket.ticket_id}:0", ticket_id=ticket.ticket_id, tenant_id=ticket.tenant_id,
                          workflow="naive", step=0, ticket=b"", transcript=transcript, model_tier="strong",
@@ -42,6 +45,7 @@ class NaiveLoop:
         for index in range(2):
             request = build_request(step, self.model, self.system, self.tools, f"{step.step_id}:{index}", 400)
             total += naive_step_cost(self.provider, self.pricing, request)
+            self.provider.remember_prefix(request)
             _, calls, _ = self.provider.decide(request)
             if not calls:
                 break

@@ -40,6 +40,7 @@ from pipeline.llm.types import (
     ProviderUnavailable,
     RateLimited,
     RequestedToolCall,
+    ToolDefinition,
 )
 
 INJECTION_MARKERS = ("ignore your instructions", "ignore previous instructions", "ignore all previous")
@@ -83,6 +84,22 @@ def _rng(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
+def _lookup_for(intent: str | None, offered: set[str]) -> str | None:
+    """The lookup a model would make for a question about ``intent``: the customer's own
+    transfers, top-ups or cards; none for a question of policy (fees, limits, how-to)."""
+    if intent is None:
+        return None
+    for word, tool in (("transfer", "transfer_status"), ("top_up", "top_up_status"), ("card", "card_status"),
+                       ("cash", "card_status")):
+        if word in intent and tool in offered and not any(p in intent for p in _POLICY_WORDS):
+            return tool
+    return None
+
+
+_POLICY_WORDS = ("fee", "charge", "limit", "support", "acceptance", "linking", "getting", "get_", "order",
+                 "visa", "timing", "by_card", "by_bank", "by_cash", "about_to_expire", "into_account")
+
+
 def facts(request: LLMRequest) -> dict[str, Any]:
     """The router's facts the agent put into the system messages (intent, entities)."""
     for message in request.messages:
@@ -121,10 +138,13 @@ class SimulatedProvider:
         except KeyError:
             raise ProviderUnavailable(f"model {model!r} is not served here (404)") from None
 
+    def remember_prefix(self, request: LLMRequest) -> None:
+        """As after a served call: the request's prefix is in the provider's prompt cache now."""
+        self._prefixes.add(self._prefix(request))
+
     def count_input(self, request: LLMRequest) -> tuple[int, int]:
         """(input tokens, of which cached) as the provider would bill them; no side effects."""
-        tools = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
-                            for t in request.tools], sort_keys=True) if request.tools else ""
+        tools = _tools_json(request.tools)
         parts = [tools] + [f"{m.role}: {m.content} {m.tool_arguments or ''}" for m in request.messages]
         counts = [count_tokens(p) + (4 if i else 0) for i, p in enumerate(parts)]
         total = sum(counts)
@@ -145,11 +165,11 @@ class SimulatedProvider:
             call = RequestedToolCall(f"call_{rng.getrandbits(32):08x}", "refund", json.dumps(
                 {"customer_id": customer or "C-00001", "transfer_id": "TR-X", "amount": "5000.00 EUR"}))
             return "", (call,), {"injected": True}
-        lookup = next((name for name in ("card_status", "transfer_status", "top_up_status") if name in offered), None)
+        nearest = known.get("nearest_intent") or known.get("intent")
+        lookup = _lookup_for(nearest, offered)
         if lookup is not None and customer and not results:
             call = RequestedToolCall(f"call_{rng.getrandbits(32):08x}", lookup, json.dumps({"customer_id": customer}))
             return "", (call,), {}
-        nearest = known.get("nearest_intent") or known.get("intent")
         right = nearest is not None and rng.random() < profile.accuracy
         others = [i for i in self.intents if i != nearest] or ["unknown"]
         intent = nearest if right and nearest is not None else rng.choice(others)
@@ -206,11 +226,22 @@ class SimulatedProvider:
     @staticmethod
     def _prefix(request: LLMRequest) -> str:
         """The cacheable prefix (tool schemas and the first message), as a digest."""
-        tools = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
-                            for t in request.tools], sort_keys=True) if request.tools else ""
+        tools = _tools_json(request.tools)
         first = request.messages[0] if request.messages else None
         text = tools + "\x00" + (f"{first.role}: {first.content} {first.tool_arguments or ''}" if first else "")
         return hashlib.sha256(f"{request.model}\x00{text}".encode()).hexdigest()
+
+
+_TOOLS_JSON: dict[tuple[str, ...], str] = {}
+
+
+def _tools_json(tools: tuple[ToolDefinition, ...]) -> str:
+    """The tool schemas as the provider reads them (memoised by tool names: schemas are fixed)."""
+    key = tuple(t.name for t in tools)
+    if key not in _TOOLS_JSON:
+        _TOOLS_JSON[key] = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
+                                       for t in tools], sort_keys=True) if tools else ""
+    return _TOOLS_JSON[key]
 
 
 def _with_calls(response: LLMResponse, calls: tuple[RequestedToolCall, ...]) -> LLMResponse:

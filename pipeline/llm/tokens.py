@@ -23,7 +23,9 @@ def _tokenizer() -> Any:
     return tokenizer
 
 
+@functools.lru_cache(maxsize=8192)
 def count_tokens(text: str) -> int:
+    """Tokens in ``text`` (memoised: system prompts and tool schemas repeat on every call)."""
     if not text:
         return 0
     return len(_tokenizer().encode(text, add_special_tokens=False).ids)
