@@ -120,7 +120,7 @@ def usage_records(step: AgentStep, calls: Sequence[CallRecord], now: int) -> lis
             continue
         records.append(UsageRecord(
             record_id=call.call_key, ticket_id=step.ticket_id, tenant_id=step.tenant_id, workflow=step.workflow,
-            step=step.step_id, kind="llm", provider=response.provider, model=response.model, occurred_at=now,
+            step=step.step_id, kind="llm", provider=response.provider, model=call.model, occurred_at=now,
             tokens_in=response.tokens_in, tokens_out=response.tokens_out, tokens_cached=response.tokens_cached,
             cost_micros=call.cost_micros, latency_ms=response.latency_ms, ttft_ms=response.ttft_ms,
             outcome="ok", attempt=max(1, call.attempts)))

@@ -22,7 +22,7 @@ from pipeline.settings import REPO_ROOT, Settings, load_settings
 
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
-    return load_settings(state_dir=REPO_ROOT / ".ticketflow")
+    return load_settings(state_dir=REPO_ROOT / ".ticketflow", sim_time_scale=0.05)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ tier, and both calls are attributed to the step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Collection
@@ -176,9 +177,9 @@ class StepRunner:
         primary = self.models[tier]
         recorded = self.store.get(call_key)
         if recorded is not None:
-            cost = self.pricing.cost_micros(recorded.model, recorded.tokens_in, recorded.tokens_out,
-                                            recorded.tokens_cached)
-            return CallRecord(call_key, tier, recorded.model, recorded.provider, recorded, cost, reused=True)
+            asked = str(recorded.extra.get("requested_model", recorded.model))
+            cost = self.pricing.cost_micros(asked, recorded.tokens_in, recorded.tokens_out, recorded.tokens_cached)
+            return CallRecord(call_key, tier, asked, recorded.provider, recorded, cost, reused=True)
         ticket_limit = self.ticket_budgets.get(step.budget_profile, self.ticket_budgets.get("default", 0))
         tenant_limit = self.tenant_budget(step.tenant_id)
         tools = self.tools(step.allowed_tools)
@@ -220,9 +221,11 @@ class StepRunner:
                     return record
                 await self.sleep(delay)
                 continue
+            # Priced by the model asked for: a provider may answer with a dated snapshot name.
+            response = dataclasses.replace(response, extra={**response.extra, "requested_model": model})
             response = self.store.put(call_key, response)  # recorded before the step's output commits
             record.response = response
-            record.cost_micros = self.pricing.cost_micros(response.model, response.tokens_in, response.tokens_out,
+            record.cost_micros = self.pricing.cost_micros(model, response.tokens_in, response.tokens_out,
                                                           response.tokens_cached)
             self.budgets.settle(step.tenant_id, step.ticket_id, reservation, record.cost_micros)
             self.breaker(model).record_success()

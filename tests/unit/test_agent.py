@@ -1,0 +1,256 @@
+"""The agent's parts without services: pricing, the simulated provider, the reply checks and
+the cascade, and the step runner's guardrails, reuse, budgets, breakers and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+
+from pipeline.agent.machine import CascadePolicy, Final, Reject, UseTool, interpret
+from pipeline.agent.prompt import system_prompt, tool_definitions
+from pipeline.agent.runner import Limits, StepRunner
+from pipeline.events import AgentStep, Message
+from pipeline.llm.pricing import Price, PricingTable
+from pipeline.llm.simulated import FACTS_PREFIX, MemoryBilling, SimulatedProvider
+from pipeline.llm.types import (
+    LLMRequest,
+    LLMResponse,
+    ProviderUnavailable,
+    RateLimited,
+    RequestedToolCall,
+)
+from pipeline.resilience import CircuitBreaker, RetrySchedule
+from pipeline.tools.banking import CARD_STATUS, TOP_UP_STATUS, TRANSFER_STATUS
+
+INTENTS = ["card_arrival", "declined_card_payment", "exchange_rate", "lost_or_stolen_card"]
+LOOKUPS = ["card_status", "top_up_status", "transfer_status"]
+
+
+def step(n: int = 0, intent: str = "declined_card_payment", customer: str | None = "C-00001",
+         text: str = "Why was my card payment declined?", tier: str = "cheap", **extra: object) -> AgentStep:
+    facts = {"nearest_intent": intent, "entities": {"customer_id": customer} if customer else {}}
+    return AgentStep(step_id=f"t-1:{n}", ticket_id="t-1", tenant_id="acme", workflow="fallback_agent", step=n,
+                     ticket=b"", model_tier=tier, allowed_tools=LOOKUPS,
+                     transcript=[Message("system", FACTS_PREFIX + json.dumps(facts)), Message("user", text)],
+                     **extra)  # type: ignore[arg-type]
+
+
+# -- pricing --------------------------------------------------------------------------------
+
+def test_costs_are_exact_micro_dollars_with_cached_input() -> None:
+    price = Price(Decimal("2.00"), Decimal("0.50"), Decimal("8.00"))
+    assert price.cost_micros(1_000_000, 0) == 2_000_000
+    assert price.cost_micros(1200, 150, 1000) == 200 * 2 + 1000 // 2 + 150 * 8  # 2,100
+    table = PricingTable.load(None)
+    assert table.cost_micros("gpt-4.1-mini", 1200, 150) * 5 == table.cost_micros("gpt-4.1", 1200, 150)
+
+
+# -- the simulated provider -----------------------------------------------------------------
+
+def request(model: str, s: AgentStep, request_id: str = "t-1:0:cheap:1") -> LLMRequest:
+    from pipeline.agent.prompt import build_request
+
+    defs = tool_definitions([CARD_STATUS, TOP_UP_STATUS, TRANSFER_STATUS])
+    return build_request(s, model, system_prompt(INTENTS), defs, request_id, 400)
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+def test_simulated_provider_is_deterministic_and_counts_what_it_bills() -> None:
+    billing = MemoryBilling()
+    provider = SimulatedProvider(seed=3, intents=INTENTS, billing=billing, sleep=no_sleep)
+    first = asyncio.run(provider.complete(request("gpt-4.1-mini", step())))
+    again = asyncio.run(SimulatedProvider(seed=3, intents=INTENTS, sleep=no_sleep).complete(
+        request("gpt-4.1-mini", step())))
+    assert (first.text, first.tool_calls, first.tokens_in, first.tokens_out) == (
+        again.text, again.tool_calls, again.tokens_in, again.tokens_out)
+    assert first.tool_calls and first.tool_calls[0].name == "card_status"  # a card question: look it up
+    assert first.tokens_in > 300 and first.ttft_ms > 0 and billing.total() == 1
+    policy = step(intent="exchange_rate", text="What exchange rate do you use?")
+    answer = asyncio.run(provider.complete(request("gpt-4.1-mini", policy)))
+    assert not answer.tool_calls and json.loads(answer.text)["resolution_key"] in INTENTS  # no lookup for policy
+
+
+def test_simulated_faults_come_at_the_configured_rate_and_are_not_billed() -> None:
+    billing = MemoryBilling()
+    provider = SimulatedProvider(seed=1, fault_rate=0.3, intents=INTENTS, billing=billing, sleep=no_sleep,
+                                 timeout_s=0.0)
+    kinds: dict[str, int] = {}
+    for i in range(400):
+        try:
+            asyncio.run(provider.complete(request("gpt-4.1-mini", step(), f"r-{i}")))
+            kinds["ok"] = kinds.get("ok", 0) + 1
+        except Exception as exc:  # counting every kind of fault
+            kinds[type(exc).__name__] = kinds.get(type(exc).__name__, 0) + 1
+            if isinstance(exc, RateLimited):
+                assert exc.retry_after_s is not None and exc.retry_after_s > 0
+    assert 0.24 < 1 - kinds["ok"] / 400 < 0.36, kinds
+    assert set(kinds) == {"ok", "RateLimited", "ProviderUnavailable", "ProviderTimeout", "MalformedOutput"}
+    assert billing.total() == kinds["ok"] + kinds["MalformedOutput"]  # served calls only
+
+
+def test_the_cheap_tier_is_wrong_more_often_and_less_sure_when_wrong() -> None:
+    provider = SimulatedProvider(seed=5, intents=INTENTS, sleep=no_sleep)
+    policy = step(intent="exchange_rate", text="What exchange rate do you use?")
+    wrong: dict[str, list[float]] = {"gpt-4.1-mini": [], "gpt-4.1": []}
+    right: dict[str, list[float]] = {"gpt-4.1-mini": [], "gpt-4.1": []}
+    for model in wrong:
+        for i in range(300):
+            reply = json.loads(provider.decide(request(model, policy, f"q-{i}"))[0])
+            (right if reply["resolution_key"] == "exchange_rate" else wrong)[model].append(reply["confidence"])
+    assert len(wrong["gpt-4.1-mini"]) > 2 * len(wrong["gpt-4.1"])
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
+    assert mean(wrong["gpt-4.1-mini"]) < mean(right["gpt-4.1-mini"])
+
+
+# -- replies and the cascade ----------------------------------------------------------------
+
+def reply(text: str = "", calls: tuple[RequestedToolCall, ...] = ()) -> LLMResponse:
+    return LLMResponse(model="m", provider="p", text=text, tool_calls=calls, tokens_in=10, tokens_out=5)
+
+
+def test_interpret_accepts_only_known_keys_allowed_tools_and_valid_json() -> None:
+    good = json.dumps({"resolution_key": "exchange_rate", "answer": "We use the interbank rate.", "confidence": 0.9})
+    assert interpret(reply(good), LOOKUPS, INTENTS) == Final("exchange_rate", "We use the interbank rate.", 0.9)
+    assert isinstance(interpret(reply(calls=(RequestedToolCall("c", "card_status", '{"customer_id": "C-1"}'),)),
+                                LOOKUPS, INTENTS), UseTool)
+    assert interpret(reply(calls=(RequestedToolCall("c", "refund", "{}"),)), LOOKUPS, INTENTS) == Reject(
+        "disallowed_tool: refund")
+    assert interpret(reply(calls=(RequestedToolCall("c", "card_status", '{"cust'),)), LOOKUPS, INTENTS) == Reject(
+        "malformed_tool_call: card_status")
+    unknown = json.dumps({"resolution_key": "free_money", "answer": "yes", "confidence": 1})
+    assert interpret(reply(unknown), LOOKUPS, INTENTS) == Reject("unknown_resolution_key: free_money")
+    assert isinstance(interpret(reply("Sure! Your card is fine."), LOOKUPS, INTENTS), Reject)
+
+
+def test_cascade_accepts_confident_cheap_answers_outside_the_strong_only_keys() -> None:
+    policy = CascadePolicy(min_confidence=0.75)
+    assert policy.accepts(Final("exchange_rate", "a", 0.9)) == (True, "")
+    assert policy.accepts(Final("exchange_rate", "a", 0.5))[0] is False
+    assert policy.accepts(Final("lost_or_stolen_card", "a", 0.99))[0] is False
+    assert policy.accepts(Reject("invalid_output: x"))[0] is False
+
+
+# -- the step runner with in-memory ports ---------------------------------------------------
+
+class Store:
+    def __init__(self) -> None:
+        self.data: dict[str, LLMResponse] = {}
+
+    def get(self, key: str) -> LLMResponse | None:
+        return self.data.get(key)
+
+    def put(self, key: str, response: LLMResponse) -> LLMResponse:
+        return self.data.setdefault(key, response)
+
+
+class Budget:
+    def __init__(self, limit: int = 10**9) -> None:
+        self.limit = limit
+        self.held: dict[str, int] = {}
+        self.spent = 0
+
+    def reserve(self, tenant: str, ticket: str, reservation: str, amount: int, tenant_limit: int,
+                ticket_limit: int) -> object:
+        from pipeline.adapters.redis_budget import Reservation
+
+        if reservation in self.held:
+            return Reservation(True)
+        if self.spent + amount > min(self.limit, ticket_limit):
+            return Reservation(False, "ticket_budget")
+        self.held[reservation] = amount
+        self.spent += amount
+        return Reservation(True)
+
+    def settle(self, tenant: str, ticket: str, reservation: str, actual: int) -> bool:
+        self.spent += actual - self.held.pop(reservation, actual)
+        return True
+
+
+class Scripted:
+    """A provider answering from a script per model: responses or exceptions, in order."""
+
+    name = "scripted"
+
+    def __init__(self, script: dict[str, list[object]]) -> None:
+        self.script = script
+        self.calls: list[str] = []
+
+    async def complete(self, req: LLMRequest) -> LLMResponse:
+        self.calls.append(req.model)
+        item = self.script[req.model].pop(0)
+        if isinstance(item, Exception):
+            raise item
+        assert isinstance(item, LLMResponse)
+        return item
+
+
+def runner(provider: object, store: Store | None = None, budget: Budget | None = None, **kw: object) -> StepRunner:
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    made = StepRunner(provider, {"cheap": "mini", "strong": "big"}, "nano",  # type: ignore[arg-type]
+                      PricingTable.from_mapping({m: {"input": "1", "cached_input": "0.25", "output": "4"}
+                                                 for m in ("mini", "big", "nano")}),
+                      store or Store(), budget or Budget(), None, lambda allowed: (), "system", INTENTS,
+                      {"default": 10**9}, lambda tenant: 10**9, sleep=sleep,
+                      schedule=RetrySchedule(max_attempts=3, base_s=0.1, cap_s=1.0), **kw)  # type: ignore[arg-type]
+    made.slept = slept  # type: ignore[attr-defined]
+    return made
+
+
+FINAL_SURE = json.dumps({"resolution_key": "exchange_rate", "answer": "Interbank rate.", "confidence": 0.95})
+FINAL_UNSURE = json.dumps({"resolution_key": "exchange_rate", "answer": "Maybe this.", "confidence": 0.4})
+
+
+def test_a_confident_cheap_answer_stands_and_an_unsure_one_goes_to_the_strong_tier() -> None:
+    provider = Scripted({"mini": [reply(FINAL_SURE), reply(FINAL_UNSURE)], "big": [reply(FINAL_SURE)]})
+    first = asyncio.run(runner(provider).run(step()))
+    assert isinstance(first.action, Final) and first.tier == "cheap" and provider.calls == ["mini"]
+    second = asyncio.run(runner(provider).run(step(1)))
+    assert second.tier == "strong" and [c.tier for c in second.calls] == ["cheap", "strong"]
+    assert sum(c.cost_micros for c in second.calls) > 0  # both calls are the step's cost
+
+
+def test_a_recorded_result_is_reused_without_a_call() -> None:
+    store = Store()
+    provider = Scripted({"mini": [reply(FINAL_SURE)], "big": []})
+    asyncio.run(runner(provider, store).run(step()))
+    again = asyncio.run(runner(provider, store).run(step()))  # the same step after a crash
+    assert provider.calls == ["mini"] and again.calls[0].reused and isinstance(again.action, Final)
+
+
+def test_retry_after_is_a_floor_and_a_down_model_falls_back_then_escalates() -> None:
+    provider = Scripted({"mini": [RateLimited("429", retry_after_s=2.5), reply(FINAL_SURE)], "big": []})
+    made = runner(provider)
+    run = asyncio.run(made.run(step()))
+    assert isinstance(run.action, Final) and made.slept == [2.5]  # type: ignore[attr-defined]
+    assert run.calls[0].failures == ["RateLimited"]
+
+    down = Scripted({"mini": [ProviderUnavailable("503")] * 3, "nano": [reply(FINAL_SURE)],
+                     "big": [ProviderUnavailable("503")] * 3})
+    broken = runner(down, breaker=lambda key: CircuitBreaker(failure_threshold=2, cooldown_s=60))
+    first = asyncio.run(broken.run(step()))
+    # mini fails twice (its breaker opens), the third attempt goes to the fallback model
+    assert down.calls[:3] == ["mini", "mini", "nano"] and isinstance(first.action, Final)
+    assert first.calls[0].model == "nano"
+
+
+def test_guardrails_stop_a_looping_ticket_and_a_budget_refusal_escalates() -> None:
+    loop_call = reply(calls=(RequestedToolCall("c", "card_status", '{"customer_id": "C-00001"}'),))
+    provider = Scripted({"mini": [loop_call] * 10, "big": []})
+    made = runner(provider, limits=Limits(max_steps=3))
+    actions = [asyncio.run(made.run(step(n))) for n in range(4)]
+    assert all(isinstance(a.action, UseTool) for a in actions[:3])
+    assert actions[3].action is None and actions[3].escalation.startswith("step_limit")
+    unpaid = Scripted({"mini": [reply(FINAL_SURE)], "big": []})
+    refused = asyncio.run(runner(unpaid, budget=Budget(limit=1)).run(step()))
+    assert refused.action is None and refused.escalation == "budget: ticket_budget"
+    assert unpaid.calls == []  # refused before the call, not after
