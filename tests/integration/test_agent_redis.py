@@ -1,0 +1,83 @@
+"""The agent's Redis ports for real: budgets under concurrency, the shared rate limiter, and
+recorded step results."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from pipeline.adapters.redis_budget import RedisBudgets
+from pipeline.adapters.redis_rate_limit import RedisRateLimiter
+from pipeline.adapters.redis_step_results import RedisStepResults
+from pipeline.agent.aio import LoopThread
+from pipeline.agent.machine import CascadePolicy
+from pipeline.agent.prompt import build_request, system_prompt
+from pipeline.agent.runner import StepRunner
+from pipeline.events import AgentStep, Message
+from pipeline.llm.pricing import PricingTable
+from pipeline.llm.simulated import FACTS_PREFIX, MemoryBilling, SimulatedProvider
+from pipeline.llm.types import LLMResponse, RequestedToolCall
+from pipeline.runtime.topology import redis_client
+from pipeline.settings import Settings
+
+INTENTS = ["card_arrival", "declined_card_payment", "exchange_rate"]
+
+
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}:"
+
+
+def test_200_concurrent_tickets_of_a_tenant_overspend_by_at_most_one_reservation(live_services: Settings) -> None:
+    client = redis_client(live_services)
+    budgets = RedisBudgets(client, prefix())
+    billing = MemoryBilling()
+    provider = SimulatedProvider(seed=2, intents=INTENTS, billing=billing, time_scale=0.01)
+    pricing = PricingTable.load(None)
+    runner = StepRunner(provider, {"cheap": "gpt-4.1-mini", "strong": "gpt-4.1"}, None, pricing,
+                        RedisStepResults(client, prefix()), budgets, None, lambda allowed: (),
+                        system_prompt(INTENTS), INTENTS, {"default": 10**9}, lambda tenant: daily,
+                        cascade=CascadePolicy(min_confidence=0.0))
+    steps = [AgentStep(step_id=f"b-{i}:0", ticket_id=f"b-{i}", tenant_id="thrifty", workflow="w", step=0,
+                       ticket=b"", transcript=[Message("system", FACTS_PREFIX + json.dumps(
+                           {"nearest_intent": "exchange_rate"})), Message("user", f"What rate do you use? ({i})")])
+             for i in range(200)]
+    one_call = runner.worst_case_micros("gpt-4.1-mini", build_request(steps[0], "gpt-4.1-mini", runner.system, (),
+                                                                      "x", 400))
+    daily = 20 * one_call  # covers about 20 tickets at their worst case
+    loop = LoopThread()
+    try:
+        runs = loop.run_all([runner.run(s) for s in steps])
+    finally:
+        loop.close()
+    answered = [r for r in runs if r.action is not None]
+    refused = [r for r in runs if r.escalation.startswith("budget")]
+    spent = sum(c.cost_micros for r in runs for c in r.calls)
+    assert len(answered) + len(refused) == 200
+    assert 20 <= len(answered) < 60, len(answered)  # actual costs are below the worst case: a few more fit
+    assert budgets.spent("thrifty") == spent  # reservations were all settled to the actual cost
+    assert spent <= daily + one_call, (spent, daily)
+    assert billing.total() == len(answered)  # refused tickets never reached the provider
+
+
+def test_the_rate_limit_is_shared_and_holds_across_clients(live_services: Settings) -> None:
+    key = prefix()
+    limiters = [RedisRateLimiter(redis_client(live_services), key, rate_per_s=50, burst=5) for _ in range(3)]
+    started = time.monotonic()
+    granted = 0
+    while time.monotonic() - started < 1.0:
+        for limiter in limiters:
+            if limiter.acquire("sim", "m") == 0:
+                granted += 1
+    assert 40 <= granted <= 5 + 50 * (time.monotonic() - started) + 1, granted
+    assert limiters[0].acquire("sim", "other-model") == 0  # per model
+
+
+def test_a_step_result_is_recorded_once(live_services: Settings) -> None:
+    store = RedisStepResults(redis_client(live_services), prefix())
+    first = LLMResponse(model="m", provider="p", text="", tool_calls=(RequestedToolCall("c", "t", "{}"),),
+                        tokens_in=3, tokens_out=2, extra={"requested_model": "m"})
+    other = LLMResponse(model="m", provider="p", text="another answer")
+    assert store.put("t-1:0:cheap", first) == first
+    assert store.put("t-1:0:cheap", other) == first  # the first recorded result wins
+    assert store.get("t-1:0:cheap") == first and store.get("t-2:0:cheap") is None

@@ -1,0 +1,133 @@
+"""The OpenAI-compatible provider through the official SDK against a local server that speaks
+the protocol, faults included; and the agent's breaker and fallback against that server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.agent.runner import Limits, StepRunner
+from pipeline.events import AgentStep, Message
+from pipeline.llm.openai_provider import OpenAIProvider
+from pipeline.llm.pricing import PricingTable
+from pipeline.llm.types import (
+    ChatMessage,
+    LLMRequest,
+    LLMResponse,
+    MalformedOutput,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    ToolDefinition,
+)
+from pipeline.resilience import CircuitBreaker, RetrySchedule
+from tests.fault_server import FaultServer
+
+pytestmark = pytest.mark.integration
+TOOL = ToolDefinition("card_status", "status of a card", {"type": "object", "properties": {
+    "customer_id": {"type": "string"}}})
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as running:
+        yield running
+
+
+def ask(server: FaultServer, model: str, timeout_s: float = 30.0) -> LLMResponse:
+    provider = OpenAIProvider(server.url, "test-key", timeout_s=timeout_s)
+    request = LLMRequest(model=model, messages=(ChatMessage("system", "be brief"), ChatMessage("user", "rate?")),
+                         tools=(TOOL,))
+    return asyncio.run(provider.complete(request))
+
+
+def test_streamed_answer_with_ttft_and_usage_including_cached_tokens(server: FaultServer) -> None:
+    response = ask(server, "ok-model")
+    assert json.loads(response.text)["resolution_key"] == "exchange_rate"
+    assert (response.tokens_in, response.tokens_out, response.tokens_cached) == (1200, 40, 1024)
+    assert 0 < response.ttft_ms <= response.latency_ms
+    assert response.model == "ok-model-2026-01-01"
+
+
+def test_a_streamed_tool_call_is_reassembled(server: FaultServer) -> None:
+    response = ask(server, "tools-model")
+    [call] = response.tool_calls
+    assert (call.call_id, call.name, json.loads(call.arguments)) == ("call_abc", "card_status",
+                                                                     {"customer_id": "C-00001"})
+
+
+def test_faults_become_typed_errors(server: FaultServer) -> None:
+    with pytest.raises(RateLimited) as limited:
+        ask(server, "ratelimit-model")
+    assert limited.value.retry_after_s == 2.0
+    with pytest.raises(ProviderUnavailable):
+        ask(server, "down-model")
+    with pytest.raises(ProviderTimeout):
+        ask(server, "slow-model", timeout_s=0.5)
+    with pytest.raises(MalformedOutput) as malformed:
+        ask(server, "malformed-model")
+    assert malformed.value.response.tokens_out == 40  # served and billed: the usage is kept
+
+
+def state(breakers: dict[str, CircuitBreaker], key: str) -> str:
+    return breakers[key].state
+
+
+class Store:
+    def __init__(self) -> None:
+        self.data: dict[str, object] = {}
+
+    def get(self, key: str) -> object:
+        return self.data.get(key)
+
+    def put(self, key: str, response: object) -> object:
+        return self.data.setdefault(key, response)
+
+
+class Budgets:
+    def reserve(self, *args: object) -> object:
+        return None
+
+    def settle(self, *args: object) -> bool:
+        return True
+
+
+def test_breaker_opens_sends_work_to_the_fallback_and_closes_after_its_cool_down(server: FaultServer) -> None:
+    now = [0.0]
+    breakers: dict[str, CircuitBreaker] = {}
+
+    def breaker(key: str) -> CircuitBreaker:
+        breakers[key] = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=lambda: now[0])
+        return breakers[key]
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    prices = PricingTable.from_mapping({m: {"input": "1", "cached_input": "0.5", "output": "2"}
+                                        for m in ("flaky-primary", "ok-fallback")})
+    runner = StepRunner(OpenAIProvider(server.url, "k", timeout_s=5), {"cheap": "flaky-primary",
+                                                                       "strong": "flaky-primary"},
+                        "ok-fallback", prices, Store(), Budgets(), None, lambda allowed: (), "system",  # type: ignore[arg-type]
+                        ["exchange_rate"], {"default": 10**9}, lambda t: 10**9, limits=Limits(),
+                        schedule=RetrySchedule(max_attempts=4, base_s=0.01, cap_s=0.01), breaker=breaker,
+                        sleep=no_sleep)
+
+    def step(n: int) -> AgentStep:
+        return AgentStep(step_id=f"t-{n}:0", ticket_id=f"t-{n}", tenant_id="a", workflow="w", step=0, ticket=b"",
+                         model_tier="strong", transcript=[Message("user", "What rate do you use?")])
+
+    server.failing = True
+    first = asyncio.run(runner.run(step(1)))
+    assert server.requests["flaky-primary"] == 3  # three 503s open the breaker...
+    assert first.calls[0].model == "ok-fallback" and first.action is not None  # ...and the fallback answers
+    assert state(breakers, "openai:flaky-primary") == "open"
+    asyncio.run(runner.run(step(2)))
+    assert server.requests["flaky-primary"] == 3  # open: the primary is not asked at all
+    server.failing = False
+    now[0] = 31.0  # after the cool-down a probe goes to the primary, succeeds and closes the breaker
+    third = asyncio.run(runner.run(step(3)))
+    assert third.calls[0].model == "flaky-primary" and server.requests["flaky-primary"] == 4
+    assert state(breakers, "openai:flaky-primary") == "closed"
