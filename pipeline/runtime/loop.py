@@ -70,7 +70,7 @@ class TransactionalLoop:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def run(self) -> None:
+    def _open(self) -> None:
         common = self.settings.kafka_common()
         self.consumer = Consumer({
             **common,
@@ -96,6 +96,9 @@ class TransactionalLoop:
             "message.max.bytes": PRODUCER_MAX_BYTES,
             "transaction.timeout.ms": self.settings.transaction_timeout_ms,
         })
+
+    def run(self) -> None:
+        self._open()
         try:
             # Fences a previous incarnation with this transactional.id and aborts its open
             # transaction, so a restarted worker never waits for the broker's timeout.

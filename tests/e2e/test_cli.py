@@ -92,7 +92,7 @@ def test_dead_letter_redriven_after_a_fix_is_answered_once(settings: Settings, t
     first = json.loads(ticketflow(fixed, "dlq", "redrive", "--json").stdout)
     second = json.loads(ticketflow(fixed, "dlq", "redrive", "--json").stdout)
     assert (first["redriven"], second["redriven"], second["already_redriven"]) == (1, 0, 1)
-    env_worker = WorkerProcess(fixed, tmp_path / "worker2.log", "intake", "cache", "router")
+    env_worker = WorkerProcess(fixed, tmp_path / "worker2.log")
     env_worker.extra_env = {"TICKETFLOW_MAX_BODY_BYTES": str(256 * 1024)}
     env_worker.start()
     try:
