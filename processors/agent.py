@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 from pipeline.agent.aio import LaneGate, LoopThread
 from pipeline.agent.machine import Final, UseTool
@@ -49,10 +50,18 @@ class AgentProcessor:
         self._runs = {origin: run for (_, origin), run in zip(batch, runs, strict=True)}
         log.info("%s: %d steps in %.2f s", self.name, len(batch), time.perf_counter() - started)
 
+    def start(self, step: AgentStep, origin: str) -> Future[StepRun]:
+        """Begin the step on the worker's event loop (the pipelined binding)."""
+        return self.loop.submit(self.gate.run(self.lane, self.runner.run(step)))
+
     def handle(self, step: AgentStep, origin: str) -> Outcome:
         run = self._runs.pop(origin, None)
         if run is None:
             [run] = self.loop.run_all([self.gate.run(self.lane, self.runner.run(step))])
+        return self.finish(step, run)
+
+    def finish(self, step: AgentStep, run: StepRun) -> Outcome:
+        """The outputs of a finished step: usage records, then the tool call or the resolution."""
         now = self.clock.now_ms()
         outputs = [Output("llm.usage", step.tenant_id, record) for record in usage_records(step, run.calls, now)]
         served = [c for c in run.calls if c.response is not None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,3 +29,10 @@ class Binding:
     #: Called with a batch's decoded (event, origin) pairs before ``handle`` runs on each,
     #: so a processor can batch its port calls (one round trip instead of one per record).
     prepare: Callable[[Sequence[tuple[Any, str]]], None] | None = None
+    #: Pipelined bindings (slow, concurrent work such as LLM steps): ``start(event, origin)``
+    #: begins the work and returns a future; ``finish(event, result)`` turns its result into
+    #: the outcome once it is done. Records commit as they finish, in offset order, with up to
+    #: ``max_in_flight`` started (see pipeline/runtime/pipelined.py); ``handle`` is unused.
+    start: Callable[[Any, str], Future[Any]] | None = None
+    finish: Callable[[Any, Any], Outcome] | None = None
+    max_in_flight: int = 256

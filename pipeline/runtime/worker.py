@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pipeline.errors import ServiceError
 from pipeline.metrics import RuntimeMetrics
 from pipeline.runtime.loop import TransactionalLoop
+from pipeline.runtime.pipelined import PipelinedLoop
 from pipeline.runtime.topology import WorkerContext, bindings
 from pipeline.serde import AvroSerde, ConfluentSchemaRegistry, SchemaCatalog
 from pipeline.settings import Settings
@@ -99,7 +100,8 @@ def run_worker(settings: Settings, processor_names: list[str] | None = None,
     serde = make_serde(settings)
     failed: list[BaseException] = []
     context = WorkerContext(settings, instance_id, registry)
-    loops = [TransactionalLoop(b, settings, serde, instance_id, metrics, stop)
+    loops = [PipelinedLoop(b, settings, serde, instance_id, metrics, stop, b.max_in_flight) if b.start is not None
+             else TransactionalLoop(b, settings, serde, instance_id, metrics, stop)
              for b in bindings(context, processor_names)]
 
     def _run(loop: TransactionalLoop) -> None:

@@ -1,0 +1,89 @@
+"""The agent under faults and crashes, through Kafka:
+
+- 30 % of LLM calls fail (429 with Retry-After, 5xx, timeouts, malformed tool calls): every
+  ticket still ends resolved or escalated with a reason, none lost, and the provider billed
+  exactly the calls the pipeline accounted for;
+- agent workers are killed with SIGKILL mid-run: no call is billed twice and no ticket is
+  answered twice.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.adapters.redis_billing import RedisBilling
+from pipeline.client import TicketflowClient
+from pipeline.datasets import banking77_sample, banking77_split
+from pipeline.events import TicketResolved, TicketSubmitted, UsageRecord
+from pipeline.runtime.topology import redis_client
+from pipeline.settings import Settings
+from tests.helpers import WorkerProcess, response_counts
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+
+def agent_tickets(n: int, tag: str) -> list[TicketSubmitted]:
+    _, held = banking77_split()
+    return [TicketSubmitted(ticket_id=f"{tag}-{i}", tenant_id="acme", body=q.text, customer_id=f"C-{1 + i % 50:05d}")
+            for i, q in enumerate(banking77_sample(n, seed=3, rows=held))]
+
+
+def accounted(client: TicketflowClient, ids: set[str]) -> tuple[int, list[UsageRecord]]:
+    usage = [u for u in client.events("llm.usage", UsageRecord, timeout_s=30) if u.ticket_id in ids and u.kind == "llm"]
+    served = {u.record_id for u in usage if u.outcome == "ok"}
+    assert len(served) == sum(1 for u in usage if u.outcome == "ok"), "a served call was recorded twice"
+    return len(served), usage
+
+
+def test_with_30_percent_provider_faults_every_ticket_ends_and_billing_matches(settings: Settings,
+                                                                               tmp_path: Path) -> None:
+    client = TicketflowClient(settings)
+    billing = RedisBilling(redis_client(settings), settings.redis_key_prefix())
+    billing.reset()
+    tickets = agent_tickets(300, "faulty")
+    ids = {t.ticket_id for t in tickets}
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    worker.extra_env = {"TICKETFLOW_SIM_FAULT_RATE": "0.3"}
+    worker.start()
+    try:
+        client.submit(tickets)
+        counts = response_counts(client, ids, timeout_s=300)
+    finally:
+        assert worker.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    assert set(counts) == ids and max(counts.values()) == 1  # none lost, none answered twice
+    resolved = [r.event for r in client.results(ticket_ids=ids, drain=True)]
+    escalated = [r for r in resolved if isinstance(r, TicketResolved) and r.path == "escalated"]
+    assert all(r.escalation_reason for r in escalated)
+    served, usage = accounted(client, ids)
+    failures = {u.outcome for u in usage if u.outcome != "ok"}
+    assert {"RateLimited", "ProviderUnavailable", "ProviderTimeout"} <= failures, failures
+    assert served > 0 and billing.total() == served  # billed_calls == llm_calls
+
+
+def test_kill9_of_agent_workers_bills_no_call_twice_and_answers_once(settings: Settings, tmp_path: Path) -> None:
+    client = TicketflowClient(settings)
+    billing = RedisBilling(redis_client(settings), settings.redis_key_prefix())
+    billing.reset()
+    tickets = agent_tickets(400, "k9agent")
+    ids = {t.ticket_id for t in tickets}
+    workers = [WorkerProcess(settings, tmp_path / f"worker-{i}.log") for i in range(2)]
+    for worker in workers:
+        worker.extra_env = {"TICKETFLOW_SIM_TIME_SCALE": "0.3"}  # calls in flight long enough to be killed
+        worker.start()
+    try:
+        client.submit(tickets)
+        for kill in range(4):
+            time.sleep(4)
+            victim = workers[kill % 2]
+            victim.kill9()
+            victim.start()
+        counts = response_counts(client, ids, timeout_s=300)
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert set(counts) == ids and max(counts.values()) == 1, [t for t, c in counts.items() if c > 1]
+    served, _ = accounted(client, ids)
+    assert billing.total() == served, (billing.total(), served)
