@@ -31,6 +31,21 @@ class RedisStepResults:
         data["tool_calls"] = tuple(RequestedToolCall(**c) for c in data["tool_calls"])
         return LLMResponse(**data)
 
+    def claim(self, call_key: str, owner: str, ttl_s: float) -> bool:
+        """Take the right to call the provider for ``call_key`` for ``ttl_s`` seconds; False
+        while another owner holds it (the same step running elsewhere, e.g. across a rebalance)."""
+        return bool(self.client.set(f"{self._key(call_key)}:lease", owner, nx=True, px=int(ttl_s * 1000)))
+
+    def renew(self, call_key: str, owner: str, ttl_s: float) -> None:
+        """Extend this owner's lease (before each attempt), so that a lease outlives no more
+        than one attempt of a crashed owner."""
+        key = f"{self._key(call_key)}:lease"
+        if self.client.get(key) == owner.encode():
+            self.client.pexpire(key, int(ttl_s * 1000))
+
+    def release(self, call_key: str) -> None:
+        self.client.delete(f"{self._key(call_key)}:lease")
+
     def put(self, call_key: str, response: LLMResponse) -> LLMResponse:
         """Record ``response`` unless one is recorded already; returns the recorded one."""
         data = asdict(response)

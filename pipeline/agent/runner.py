@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -48,6 +50,12 @@ class StepResults(Protocol):
     def get(self, call_key: str) -> LLMResponse | None: ...
 
     def put(self, call_key: str, response: LLMResponse) -> LLMResponse: ...
+
+    def claim(self, call_key: str, owner: str, ttl_s: float) -> bool: ...
+
+    def renew(self, call_key: str, owner: str, ttl_s: float) -> None: ...
+
+    def release(self, call_key: str) -> None: ...
 
 
 class Budgets(Protocol):
@@ -126,6 +134,10 @@ class StepRunner:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.sleep = sleep
         self.seed = seed
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this runner, as a lease holder
+        # A lease covers one attempt (renewed before each): a crashed holder delays the step's
+        # re-run by at most one call timeout.
+        self.lease_s = self.limits.call_timeout_s + 5
 
     def breaker(self, model: str) -> CircuitBreaker:
         key = f"{self.provider.name}:{model}"
@@ -174,12 +186,31 @@ class StepRunner:
 
     async def call(self, step: AgentStep, tier: str) -> CallRecord:
         call_key = f"{step.step_id}:{tier}"
-        primary = self.models[tier]
-        recorded = self.store.get(call_key)
+        recorded = await self._recorded_or_claim(call_key)
         if recorded is not None:
             asked = str(recorded.extra.get("requested_model", recorded.model))
             cost = self.pricing.cost_micros(asked, recorded.tokens_in, recorded.tokens_out, recorded.tokens_cached)
             return CallRecord(call_key, tier, asked, recorded.provider, recorded, cost, reused=True)
+        try:
+            return await self._call(step, tier, call_key)
+        finally:
+            self.store.release(call_key)
+
+    async def _recorded_or_claim(self, call_key: str) -> LLMResponse | None:
+        """The recorded result, or None once this runner holds the call's lease. While another
+        runner holds it (the same step elsewhere), wait for its result instead of calling."""
+        lease_s = self.lease_s
+        while True:
+            recorded = self.store.get(call_key)
+            if recorded is not None:
+                return recorded
+            if self.store.claim(call_key, self.owner, lease_s):
+                recorded = self.store.get(call_key)  # recorded between the two reads
+                return recorded
+            await self.sleep(0.05)
+
+    async def _call(self, step: AgentStep, tier: str, call_key: str) -> CallRecord:
+        primary = self.models[tier]
         ticket_limit = self.ticket_budgets.get(step.budget_profile, self.ticket_budgets.get("default", 0))
         tenant_limit = self.tenant_budget(step.tenant_id)
         tools = self.tools(step.allowed_tools)
@@ -192,6 +223,7 @@ class StepRunner:
                 return record
             record.model = model
             record.attempts += 1
+            self.store.renew(call_key, self.owner, self.lease_s)
             request = build_request(step, model, self.system, tools, f"{call_key}:{record.attempts}",
                                     self.limits.max_output_tokens)
             reservation = f"{call_key}:{record.attempts}"

@@ -194,6 +194,9 @@ class PipelinedLoop(TransactionalLoop):
     def _revoked(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             dropped = self.pending.pop((tp.topic, tp.partition), None)
+            for entry in dropped or ():
+                if entry.future is not None:
+                    entry.future.cancel()  # best effort; a call that completes anyway is recorded
             if dropped:
                 log.info("%s: %s/%d revoked with %d records in flight; its new owner re-runs them",
                          self.binding.name, tp.topic, tp.partition, len(dropped))

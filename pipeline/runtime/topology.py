@@ -192,8 +192,11 @@ def _agent(ctx: WorkerContext) -> list[Binding]:
     bindings = []
     for lane in ("interactive", "batch"):
         processor = AgentProcessor(lane, runner, loop, gate, SystemClock())
+        # Pipelined: steps start as they arrive and commit as they finish (in offset order).
+        in_flight = settings.agent_interactive_concurrency if lane == "interactive" else 4 * gate.batch_concurrency
         bindings.append(Binding(processor.name, (f"agent.steps.{lane}",), "AgentStep", AgentStep.from_record,
-                                processor.handle, prepare=processor.prepare))
+                                processor.handle, start=processor.start, finish=processor.finish,
+                                max_in_flight=in_flight))
     results = AgentToolResults(SystemClock())
     bindings.append(Binding(results.name, ("tools.results",), "ToolResult", ToolResult.from_record, results.handle))
     return bindings

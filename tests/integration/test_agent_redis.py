@@ -81,3 +81,9 @@ def test_a_step_result_is_recorded_once(live_services: Settings) -> None:
     assert store.put("t-1:0:cheap", first) == first
     assert store.put("t-1:0:cheap", other) == first  # the first recorded result wins
     assert store.get("t-1:0:cheap") == first and store.get("t-2:0:cheap") is None
+    # the lease: one caller at a time per step and tier, renewable by its owner, released after
+    assert store.claim("t-3:0:cheap", "a", 5) and not store.claim("t-3:0:cheap", "b", 5)
+    store.renew("t-3:0:cheap", "b", 60)  # not b's: no effect
+    assert 0 < int(store.client.pttl(store._key("t-3:0:cheap") + ":lease")) <= 5000
+    store.release("t-3:0:cheap")
+    assert store.claim("t-3:0:cheap", "b", 5)

@@ -77,6 +77,15 @@ def state(breakers: dict[str, CircuitBreaker], key: str) -> str:
 
 
 class Store:
+    def claim(self, key: str, owner: str, ttl_s: float) -> bool:
+        return True
+
+    def renew(self, key: str, owner: str, ttl_s: float) -> None:
+        return None
+
+    def release(self, key: str) -> None:
+        return None
+
     def __init__(self) -> None:
         self.data: dict[str, object] = {}
 

@@ -139,6 +139,15 @@ def test_cascade_accepts_confident_cheap_answers_outside_the_strong_only_keys() 
 # -- the step runner with in-memory ports ---------------------------------------------------
 
 class Store:
+    def claim(self, key: str, owner: str, ttl_s: float) -> bool:
+        return True
+
+    def renew(self, key: str, owner: str, ttl_s: float) -> None:
+        return None
+
+    def release(self, key: str) -> None:
+        return None
+
     def __init__(self) -> None:
         self.data: dict[str, LLMResponse] = {}
 
