@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class FixedClock:
@@ -24,3 +25,25 @@ class MemoryIdempotencyStore:
     def claim_many(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
         self.round_trips += 1
         return [self.claim(key, origin) for key, origin in claims]
+
+
+class MemoryStepResults:
+    """Recorded LLM results and call leases in memory (the agent runner's StepResults port)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, key: str, response: Any) -> Any:
+        return self.data.setdefault(key, response)
+
+    def claim(self, key: str, owner: str, ttl_s: float) -> bool:
+        return True
+
+    def renew(self, key: str, owner: str, ttl_s: float) -> None:
+        return None
+
+    def release(self, key: str) -> None:
+        return None

@@ -263,10 +263,18 @@ class TransactionalLoop:
         if not records:
             self.producer.abort_transaction()
             return True
+        if not self._commit_offsets(records):
+            self._abort_and_rewind(records, "transaction_aborted")
+            return False
+        return True
+
+    def _commit_offsets(self, records: Sequence[Message]) -> bool:
+        """Send the records' next offsets and commit the open transaction; False when the
+        transaction had to be aborted (the caller aborts and rewinds)."""
         offsets: dict[tuple[str, int], int] = {}
         for message in records:
             topic, partition, offset = _position(message)
-            offsets[(topic, partition)] = offset + 1
+            offsets[(topic, partition)] = max(offsets.get((topic, partition), 0), offset + 1)
         started = time.perf_counter()
         log.debug("%s: committing %d records", self.binding.name, len(records))
         self._commits += 1
@@ -282,9 +290,8 @@ class TransactionalLoop:
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.txn_requires_abort():
-                log.warning("%s: transaction aborted (%s); rewinding %d records",
-                            self.binding.name, error, len(records))
-                self._abort_and_rewind(records, "transaction_aborted")
+                log.warning("%s: transaction aborted (%s); %d records to redo", self.binding.name, error,
+                            len(records))
                 return False
             raise
         self.metrics.transaction_seconds.labels(self.binding.name).observe(time.perf_counter() - started)

@@ -19,12 +19,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from pipeline.metrics import RuntimeMetrics
 from pipeline.processing import Emit, Failure, Outcome
@@ -143,7 +142,10 @@ class PipelinedLoop(TransactionalLoop):
                 else:
                     self._dead_letter(entry.message, outcome)
                 self.metrics.handle_seconds.labels(self.binding.name).observe(time.perf_counter() - started)
-            if self._commit_offsets([e.message for e in ready]):
+            if not self._commit_offsets([e.message for e in ready]):
+                self.producer.abort_transaction(60)
+                self._restart_pending()
+            else:
                 for entry in ready:
                     topic, partition, _ = _position(entry.message)
                     queue = self.pending.get((topic, partition))
@@ -151,33 +153,6 @@ class PipelinedLoop(TransactionalLoop):
                         queue.popleft()
         finally:
             self.batch_started = None
-
-    def _commit_offsets(self, records: Sequence[Message]) -> bool:
-        offsets: dict[tuple[str, int], int] = {}
-        for message in records:
-            topic, partition, offset = _position(message)
-            offsets[(topic, partition)] = max(offsets.get((topic, partition), 0), offset + 1)
-        started = time.perf_counter()
-        self._commits += 1
-        if self._commits == self.settings.crash_before_commit:
-            self._crash_mid_transaction()
-        try:
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                self.consumer.consumer_group_metadata(), 60)
-            self._commit_with_retry()
-        except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if error.txn_requires_abort():
-                log.warning("%s: transaction aborted (%s); re-running %d records", self.binding.name, error,
-                            self.in_flight)
-                self.producer.abort_transaction(60)
-                self._restart_pending()
-                return False
-            raise
-        self.metrics.transaction_seconds.labels(self.binding.name).observe(time.perf_counter() - started)
-        self.metrics.batch_size.labels(self.binding.name).observe(len(records))
-        return True
 
     def _restart_pending(self) -> None:
         """After an abort: rewind every partition to its first uncommitted record and forget

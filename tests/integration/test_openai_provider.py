@@ -24,6 +24,7 @@ from pipeline.llm.types import (
     ToolDefinition,
 )
 from pipeline.resilience import CircuitBreaker, RetrySchedule
+from tests.fakes import MemoryStepResults
 from tests.fault_server import FaultServer
 
 pytestmark = pytest.mark.integration
@@ -76,24 +77,7 @@ def state(breakers: dict[str, CircuitBreaker], key: str) -> str:
     return breakers[key].state
 
 
-class Store:
-    def claim(self, key: str, owner: str, ttl_s: float) -> bool:
-        return True
-
-    def renew(self, key: str, owner: str, ttl_s: float) -> None:
-        return None
-
-    def release(self, key: str) -> None:
-        return None
-
-    def __init__(self) -> None:
-        self.data: dict[str, object] = {}
-
-    def get(self, key: str) -> object:
-        return self.data.get(key)
-
-    def put(self, key: str, response: object) -> object:
-        return self.data.setdefault(key, response)
+Store = MemoryStepResults
 
 
 class Budgets:
@@ -119,7 +103,7 @@ def test_breaker_opens_sends_work_to_the_fallback_and_closes_after_its_cool_down
                                         for m in ("flaky-primary", "ok-fallback")})
     runner = StepRunner(OpenAIProvider(server.url, "k", timeout_s=5), {"cheap": "flaky-primary",
                                                                        "strong": "flaky-primary"},
-                        "ok-fallback", prices, Store(), Budgets(), None, lambda allowed: (), "system",  # type: ignore[arg-type]
+                        "ok-fallback", prices, Store(), Budgets(), None, lambda allowed: (), "system",
                         ["exchange_rate"], {"default": 10**9}, lambda t: 10**9, limits=Limits(),
                         schedule=RetrySchedule(max_attempts=4, base_s=0.01, cap_s=0.01), breaker=breaker,
                         sleep=no_sleep)

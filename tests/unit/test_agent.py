@@ -22,6 +22,7 @@ from pipeline.llm.types import (
 )
 from pipeline.resilience import CircuitBreaker, RetrySchedule
 from pipeline.tools.banking import CARD_STATUS, TOP_UP_STATUS, TRANSFER_STATUS
+from tests.fakes import MemoryStepResults
 
 INTENTS = ["card_arrival", "declined_card_payment", "exchange_rate", "lost_or_stolen_card"]
 LOOKUPS = ["card_status", "top_up_status", "transfer_status"]
@@ -138,24 +139,7 @@ def test_cascade_accepts_confident_cheap_answers_outside_the_strong_only_keys() 
 
 # -- the step runner with in-memory ports ---------------------------------------------------
 
-class Store:
-    def claim(self, key: str, owner: str, ttl_s: float) -> bool:
-        return True
-
-    def renew(self, key: str, owner: str, ttl_s: float) -> None:
-        return None
-
-    def release(self, key: str) -> None:
-        return None
-
-    def __init__(self) -> None:
-        self.data: dict[str, LLMResponse] = {}
-
-    def get(self, key: str) -> LLMResponse | None:
-        return self.data.get(key)
-
-    def put(self, key: str, response: LLMResponse) -> LLMResponse:
-        return self.data.setdefault(key, response)
+Store = MemoryStepResults
 
 
 class Budget:
