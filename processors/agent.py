@@ -25,6 +25,7 @@ from concurrent.futures import Future
 
 from pipeline.agent.aio import LaneGate, LoopThread
 from pipeline.agent.machine import Final, UseTool
+from pipeline.agent.metrics import AgentMetrics
 from pipeline.agent.runner import CallRecord, StepRun, StepRunner
 from pipeline.events import AgentStep, Message, TicketResolved, TicketSubmitted, ToolCall, ToolResult, UsageRecord
 from pipeline.processing import Clock, Emit, Outcome, Output
@@ -35,8 +36,10 @@ log = logging.getLogger(__name__)
 
 
 class AgentProcessor:
-    def __init__(self, lane: str, runner: StepRunner, loop: LoopThread, gate: LaneGate, clock: Clock) -> None:
+    def __init__(self, lane: str, runner: StepRunner, loop: LoopThread, gate: LaneGate, clock: Clock,
+                 metrics: AgentMetrics | None = None) -> None:
         self.lane = lane
+        self.metrics = metrics
         self.name = "agent" if lane == "interactive" else f"agent-{lane}"
         self.runner = runner
         self.loop = loop
@@ -63,6 +66,8 @@ class AgentProcessor:
     def finish(self, step: AgentStep, run: StepRun) -> Outcome:
         """The outputs of a finished step: usage records, then the tool call or the resolution."""
         now = self.clock.now_ms()
+        if self.metrics is not None:
+            self.metrics.observe(step.tenant_id, step.workflow, run.calls, run.tier, run.escalation)
         outputs = [Output("llm.usage", step.tenant_id, record) for record in usage_records(step, run.calls, now)]
         served = [c for c in run.calls if c.response is not None]
         totals = dataclasses.replace(

@@ -183,15 +183,17 @@ def _tool_processor(ctx: WorkerContext) -> list[Binding]:
 def _agent(ctx: WorkerContext) -> list[Binding]:
     from pipeline.agent.aio import LaneGate, LoopThread
     from pipeline.agent.factory import build_runner
+    from pipeline.agent.metrics import AgentMetrics
     from processors.agent import AgentProcessor, AgentToolResults
 
     settings = ctx.settings
     runner = build_runner(settings, ctx.redis(), _tools(ctx), _rulebook(ctx).intents())
     loop = ctx.shared("llm_loop", LoopThread)
     gate = LaneGate(settings.agent_interactive_concurrency, settings.agent_batch_concurrency)
+    metrics = AgentMetrics(ctx.registry)
     bindings = []
     for lane in ("interactive", "batch"):
-        processor = AgentProcessor(lane, runner, loop, gate, SystemClock())
+        processor = AgentProcessor(lane, runner, loop, gate, SystemClock(), metrics)
         # Pipelined: steps start as they arrive and commit as they finish (in offset order).
         in_flight = settings.agent_interactive_concurrency if lane == "interactive" else 4 * gate.batch_concurrency
         bindings.append(Binding(processor.name, (f"agent.steps.{lane}",), "AgentStep", AgentStep.from_record,

@@ -8,6 +8,7 @@ import re
 import yaml
 from prometheus_client import CollectorRegistry
 
+from pipeline.agent.metrics import AgentMetrics
 from pipeline.cache.metrics import CacheMetrics
 from pipeline.metrics import RuntimeMetrics
 from pipeline.routing.metrics import RouterMetrics
@@ -24,6 +25,7 @@ def exported() -> set[str]:
     CacheMetrics(registry)
     RouterMetrics(registry)
     ToolMetrics(registry)
+    AgentMetrics(registry)
     names = set()
     for family in registry.collect():
         names.add(family.name)

@@ -1,0 +1,49 @@
+"""Prometheus metrics of LLM calls and agent steps, created on an injected registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from pipeline.agent.runner import CallRecord
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter("ticketflow_llm_calls_total", "LLM calls by provider, model and outcome (a reused "
+                             "recorded result counts as outcome reused)", ["provider", "model", "outcome"],
+                             registry=registry)
+        self.tokens = Counter("ticketflow_llm_tokens_total", "Tokens by model and kind (in, out, cached)",
+                              ["model", "kind"], registry=registry)
+        self.cost = Counter("ticketflow_llm_cost_micros_total", "LLM spend in micro-dollars by tenant, workflow and "
+                            "model", ["tenant", "workflow", "model"], registry=registry)
+        self.ttft = Histogram("ticketflow_llm_ttft_seconds", "Time to first token per served call", ["model"],
+                              buckets=_LATENCY_BUCKETS, registry=registry)
+        self.latency = Histogram("ticketflow_llm_latency_seconds", "Whole call per served call", ["model"],
+                                 buckets=_LATENCY_BUCKETS, registry=registry)
+        self.escalations = Counter("ticketflow_agent_escalations_total", "Agent steps ending in a hand-off, by "
+                                   "reason kind", ["reason"], registry=registry)
+        self.cascades = Counter("ticketflow_agent_cascade_total", "Steps by the tier whose answer stood",
+                                ["tier"], registry=registry)
+
+    def observe(self, tenant: str, workflow: str, calls: list[CallRecord], tier: str, escalation: str) -> None:
+        for call in calls:
+            for error in call.failures:
+                self.calls.labels(call.provider, call.model, error).inc()
+            response = call.response
+            if response is None:
+                continue
+            self.calls.labels(call.provider, call.model, "reused" if call.reused else "ok").inc()
+            if call.reused:
+                continue
+            self.tokens.labels(call.model, "in").inc(response.tokens_in)
+            self.tokens.labels(call.model, "out").inc(response.tokens_out)
+            self.tokens.labels(call.model, "cached").inc(response.tokens_cached)
+            self.cost.labels(tenant, workflow, call.model).inc(call.cost_micros)
+            self.ttft.labels(call.model).observe(response.ttft_ms / 1000)
+            self.latency.labels(call.model).observe(response.latency_ms / 1000)
+        if escalation:
+            self.escalations.labels(escalation.split(":")[0]).inc()
+        elif tier:
+            self.cascades.labels(tier).inc()
