@@ -274,10 +274,40 @@ class ToolInvalidation:
         return cls(**record)
 
 
+CostScope = Literal["ticket", "tenant", "workflow", "step", "model"]
+
+
+@dataclass(frozen=True, slots=True)
+class CostSummary:
+    """Aggregated usage and cost (see schemas/avro/cost_summary): one per ticket when it
+    resolves, and per tenant, workflow, step or model per window (the latest record of a
+    (scope, key, window) holds its running total)."""
+
+    scope: CostScope
+    scope_key: str
+    tenant_id: str
+    window_start: int
+    window_end: int
+    tickets: int = 0
+    llm_calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    cost_micros: int = 0
+    budget_micros: int | None = None
+    by_model_micros: dict[str, int] = field(default_factory=dict)
+
+    SCHEMA = "CostSummary"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> CostSummary:
+        return cls(**record)
+
+
 Event = (TicketSubmitted | TicketResolved | DeadLetter | CacheUpdate | AgentStep | ToolCall | ToolResult
-         | UsageRecord | ToolInvalidation)
+         | UsageRecord | ToolInvalidation | CostSummary)
 E = TypeVar("E", TicketSubmitted, TicketResolved, DeadLetter, CacheUpdate, AgentStep, ToolCall, ToolResult,
-            UsageRecord, ToolInvalidation)
+            UsageRecord, ToolInvalidation, CostSummary)
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}

@@ -32,6 +32,7 @@ from pipeline.events import (
     ToolCall,
     ToolInvalidation,
     ToolResult,
+    UsageRecord,
 )
 from pipeline.processing import SystemClock
 from pipeline.resilience import CircuitBreaker, RetrySchedule
@@ -204,6 +205,21 @@ def _agent(ctx: WorkerContext) -> list[Binding]:
     return bindings
 
 
+def _accounting(ctx: WorkerContext) -> list[Binding]:
+    from pipeline.adapters.redis_costs import RedisCostWindows
+    from processors.accounting import TicketCosts, UsageAggregator
+
+    settings = ctx.settings
+    tickets = TicketCosts()
+    usage = UsageAggregator(RedisCostWindows(ctx.redis(), ctx.key_prefix()),
+                            lambda tenant: settings.tenant_budgets.get(tenant, settings.tenant_daily_budget_micros))
+    return [
+        Binding(tickets.name, ("tickets.responses",), "TicketResolved", TicketResolved.from_record, tickets.handle),
+        Binding(usage.name, ("llm.usage",), "UsageRecord", UsageRecord.from_record, usage.handle,
+                prepare=usage.prepare),
+    ]
+
+
 PROCESSORS: dict[str, Callable[[WorkerContext], list[Binding]]] = {
     "intake": _intake,
     "cache": _cache,
@@ -211,6 +227,7 @@ PROCESSORS: dict[str, Callable[[WorkerContext], list[Binding]]] = {
     "router": _router,
     "tools": _tool_processor,
     "agent": _agent,
+    "accounting": _accounting,
 }
 
 
