@@ -66,9 +66,13 @@ class LaneGate:
                 async with self._semaphore(lane):
                     return await work
             finally:
+                work.close()  # cancelled while waiting: never started (a no-op once it ran)
                 self._interactive -= 1
                 if self._interactive == 0:
                     idle.set()
-        async with self._semaphore(lane):
-            await idle.wait()
-            return await work
+        try:
+            async with self._semaphore(lane):
+                await idle.wait()
+                return await work
+        finally:
+            work.close()  # cancelled while waiting: never started (a no-op once it ran)
