@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from pipeline import services
-from pipeline.adapters.sql_bank import SqlBank
 from pipeline.agent.aio import LaneGate
 from pipeline.agent.factory import build_runner
 from pipeline.agent.runner import StepRunner
@@ -33,7 +32,7 @@ from pipeline.llm.types import LLMRequest, LLMResponse
 from pipeline.routing.factory import build_rulebook
 from pipeline.runtime.topology import redis_client
 from pipeline.settings import Settings, load_settings
-from pipeline.tools.banking import banking_tools
+from pipeline.tools.banking import tool_specs
 
 
 def say(message: str) -> None:
@@ -63,7 +62,7 @@ class Timed:
 
 
 def make_runner(settings: Settings) -> StepRunner:
-    tools = banking_tools(SqlBank("sqlite://"))
+    tools = tool_specs()
     return build_runner(settings, redis_client(settings), tools, build_rulebook(settings, tools).intents())
 
 

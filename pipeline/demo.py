@@ -268,9 +268,9 @@ def naive_cost_micros(settings: Settings, tickets: list[TicketSubmitted], intent
     from pipeline.llm.pricing import PricingTable
     from pipeline.llm.simulated import SimulatedProvider
     from pipeline.routing.factory import build_rulebook
-    from pipeline.tools.banking import banking_tools
+    from pipeline.tools.banking import tool_specs
 
-    tools = banking_tools(SqlBank("sqlite://"))
+    tools = tool_specs()
     intents = sorted(build_rulebook(settings, tools).intents())
     loop = NaiveLoop(SimulatedProvider(seed=settings.sim_seed, intents=intents),
                      PricingTable.load(settings.pricing_file), tools, intents, settings.llm_strong_model)

@@ -35,7 +35,6 @@ from pipeline.events import (
     ToolCall,
     ToolResult,
 )
-from pipeline.pii import redact
 from pipeline.processing import Clock, Emit, Outcome, Output
 from pipeline.routing.engine import RouteDecision, RouteEngine, entity_values
 from pipeline.routing.entities import extract
@@ -89,7 +88,7 @@ class Router:
 
     def decide(self, tickets: Sequence[TicketSubmitted]) -> list[RouteDecision]:
         now = self.clock.now_ms()
-        texts = [redact(cache_text(t)) for t in tickets]
+        texts = [cache_text(t) for t in tickets]  # PII-redacted by intake (or by cache_text)
         vectors = self._vectors(tickets, texts)
         items = [(text, original_text(t), t.customer_id, ticket_day(t, now)) for text, t in zip(texts, tickets,
                                                                                                  strict=True)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from pipeline.events import AgentStep, Message
+from pipeline.events import AgentStep
 from pipeline.llm.types import ChatMessage, LLMRequest, ToolDefinition
 from pipeline.tools.registry import ToolSpec
 
@@ -36,11 +36,7 @@ def tool_definitions(specs: Sequence[ToolSpec]) -> tuple[ToolDefinition, ...]:
     return tuple(ToolDefinition(s.name, s.description, s.parameters) for s in sorted(specs, key=lambda s: s.name))
 
 
-def chat(message: Message) -> ChatMessage:
-    return ChatMessage(message.role, message.content, message.tool_call_id, message.tool_name, message.tool_arguments)
-
-
 def build_request(step: AgentStep, model: str, system: str, tools: tuple[ToolDefinition, ...],
                   request_id: str, max_tokens: int) -> LLMRequest:
-    messages = (ChatMessage("system", system), *(chat(m) for m in step.transcript))
+    messages = (ChatMessage("system", system), *step.transcript)
     return LLMRequest(model=model, messages=messages, tools=tools, max_tokens=max_tokens, request_id=request_id)

@@ -26,10 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.adapters.sql_bank import SqlBank
-    from pipeline.tools.banking import banking_tools
+    from pipeline.tools.banking import tool_specs
 
-    registry = banking_tools(SqlBank("sqlite://"))
+    registry = tool_specs()
     tools: list[dict[str, Any]] = []
     for name in registry.names():
         spec = registry.spec(name)

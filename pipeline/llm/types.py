@@ -13,15 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.errors import TicketflowError
+from pipeline.events import Message
 
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    role: str  # system, user, assistant, tool
-    content: str
-    tool_call_id: str | None = None
-    tool_name: str | None = None
-    tool_arguments: str | None = None
+ChatMessage = Message  # one message type for agent transcripts and provider requests
 
 
 @dataclass(frozen=True, slots=True)

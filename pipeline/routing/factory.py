@@ -13,7 +13,7 @@ from pipeline.routing.classifier import IntentClassifier
 from pipeline.routing.engine import RouteEngine
 from pipeline.routing.rulebook import RuleBook
 from pipeline.settings import Settings
-from pipeline.tools.banking import banking_tools
+from pipeline.tools.banking import tool_specs
 from pipeline.tools.registry import ToolRegistry
 
 BANKING77_RULES = Path(__file__).resolve().parent / "banking77_rules.yaml"
@@ -45,5 +45,5 @@ def build_engine(settings: Settings, embedder: Embedder, tools: ToolRegistry | N
     """The engine alone (for `route explain` and `route eval`): the rules are checked against
     the tools' specs, no database is opened."""
     if tools is None:
-        tools = banking_tools(SqlBank("sqlite://"))
+        tools = tool_specs()
     return RouteEngine(build_rulebook(settings, tools), build_classifier(settings, embedder))

@@ -84,3 +84,8 @@ def banking_tools(bank: SqlBank) -> ToolRegistry:
     registry.register(FREEZE_CARD, freeze_card)
     registry.register(REFUND, refund)
     return registry
+
+
+def tool_specs() -> ToolRegistry:
+    """The registry for its specs only (checking rules, prompts, listings): no database opened."""
+    return banking_tools(SqlBank("sqlite://"))
