@@ -25,9 +25,9 @@ import numpy as np
 from pipeline import services
 from pipeline.agent.aio import LaneGate
 from pipeline.agent.factory import build_runner
+from pipeline.agent.prompt import FACTS_PREFIX
 from pipeline.agent.runner import StepRunner
 from pipeline.events import AgentStep, Message
-from pipeline.llm.simulated import FACTS_PREFIX
 from pipeline.llm.types import LLMRequest, LLMResponse
 from pipeline.routing.factory import build_rulebook
 from pipeline.runtime.topology import redis_client

@@ -132,10 +132,13 @@ class Settings(BaseSettings):
         "(any OpenAI-compatible endpoint: TICKETFLOW_LLM_BASE_URL, TICKETFLOW_LLM_API_KEY).")
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
-    llm_cheap_model: str = Field(default="gpt-4.1-mini", description="TICKETFLOW_LLM_CHEAP_MODEL")
+    # The cascade's tiers, cheapest first: cheap -> mid -> strong (an empty mid model: two tiers).
+    llm_cheap_model: str = Field(default="gpt-4.1-nano", description="TICKETFLOW_LLM_CHEAP_MODEL")
+    llm_mid_model: str | None = Field(default="gpt-4.1-mini", description="TICKETFLOW_LLM_MID_MODEL: the "
+                                      "tier between cheap and strong; empty: none")
     llm_strong_model: str = Field(default="gpt-4.1", description="TICKETFLOW_LLM_STRONG_MODEL")
     llm_fallback_model: str | None = Field(
-        default="gpt-4.1-nano", description="TICKETFLOW_LLM_FALLBACK_MODEL: used while a model's breaker is open")
+        default="gpt-4.1-mini", description="TICKETFLOW_LLM_FALLBACK_MODEL: used while a model's breaker is open")
     llm_timeout_s: float = Field(default=30.0, gt=0)
     llm_max_attempts: int = Field(default=4, ge=1)
     llm_breaker_failures: int = Field(default=5, ge=1)
@@ -155,7 +158,16 @@ class Settings(BaseSettings):
     agent_max_cost_micros: int = Field(default=60_000, ge=1)
     agent_interactive_concurrency: int = Field(default=512, ge=1)
     agent_batch_concurrency: int = Field(default=64, ge=1)
-    cascade_min_confidence: float = Field(default=0.75, ge=0, le=1)
+    cascade_min_confidence: dict[str, float] = Field(
+        default_factory=lambda: {"cheap": 0.80, "mid": 0.72},
+        description="TICKETFLOW_CASCADE_MIN_CONFIDENCE: JSON {tier: confidence below which a tier's answer "
+        "goes to the next tier}; bench/cascade_calibration.py derives them from labelled tickets")
+    cascade_sensitive_confidence: float = Field(
+        default=0.77, ge=0, le=1, description="TICKETFLOW_CASCADE_SENSITIVE_CONFIDENCE: below the top tier, "
+        "an answer about a sensitive key (lost/stolen/compromised card, unrecognised payment, refund, closing "
+        "an account) stands only from this confidence")
+    router_shortlist: int = Field(default=5, ge=1, description="TICKETFLOW_ROUTER_SHORTLIST: candidate "
+                                  "intents the router hands the agent (its prompt lists these, not every key)")
     budget_profiles: dict[str, int] = Field(
         default_factory=lambda: {"default": 30_000, "urgent": 60_000},
         description="TICKETFLOW_BUDGET_PROFILES: JSON {profile: micro-dollars one ticket may spend}")

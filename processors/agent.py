@@ -1,6 +1,9 @@
 """Agent: one LLM step per ``AgentStep``; tool calls out on ``tools.calls``, results back as
 the next step; a final answer is a ``TicketResolved`` with path ``agent``.
 
+A tool call's ``customer_id`` is the ticket's, set by code (the model is not shown the
+parameter): the agent cannot look up or act for another customer.
+
 Reads ``agent.steps.interactive`` and ``agent.steps.batch`` (one consumer group each, so the
 lanes never queue behind each other). The steps of a consumed batch run concurrently on the
 worker's event loop (``prepare``): hundreds of calls in flight per worker, and the batch's
@@ -26,10 +29,12 @@ from concurrent.futures import Future
 from pipeline.agent.aio import LaneGate, LoopThread
 from pipeline.agent.machine import Final, UseTool
 from pipeline.agent.metrics import AgentMetrics
+from pipeline.agent.prompt import bind_arguments
 from pipeline.agent.runner import CallRecord, StepRun, StepRunner
 from pipeline.events import AgentStep, Message, TicketResolved, TicketSubmitted, ToolCall, ToolResult, UsageRecord
 from pipeline.processing import Clock, Emit, Outcome, Output
 from pipeline.serde import pack, unpack
+from pipeline.tools.registry import ToolRegistry
 from processors.escalation import HANDOFF_ANSWER, stage_latencies
 
 log = logging.getLogger(__name__)
@@ -37,7 +42,8 @@ log = logging.getLogger(__name__)
 
 class AgentProcessor:
     def __init__(self, lane: str, runner: StepRunner, loop: LoopThread, gate: LaneGate, clock: Clock,
-                 metrics: AgentMetrics | None = None) -> None:
+                 tools: ToolRegistry, metrics: AgentMetrics | None = None) -> None:
+        self.tools = tools  # for the parameters bound from the ticket (customer_id)
         self.lane = lane
         self.metrics = metrics
         self.name = "agent" if lane == "interactive" else f"agent-{lane}"
@@ -88,8 +94,10 @@ class AgentProcessor:
                 totals, step=step.step + 1, step_id=f"{step.ticket_id}:{step.step + 1}",
                 transcript=[*step.transcript, assistant], model_tier=step.model_tier,
                 stage_times={**step.stage_times, f"agent:{step.step}": now})
+            arguments = bind_arguments(call.arguments, self.tools.spec(call.name),
+                                       {"customer_id": ticket.customer_id})
             tool_call = ToolCall(call_id=f"{step.step_id}:{call.name}", ticket_id=step.ticket_id,
-                                 tenant_id=step.tenant_id, tool=call.name, arguments=call.arguments,
+                                 tenant_id=step.tenant_id, tool=call.name, arguments=arguments,
                                  route=step.workflow, reply_to="agent", requested_at=now, step=pack(following))
             outputs.append(Output("tools.calls", step.ticket_id, tool_call))
             return Emit(tuple(outputs))

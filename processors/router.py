@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.agent.prompt import facts_message
 from pipeline.cache.embedder import Vectors
 from pipeline.events import (
     AgentStep,
@@ -56,6 +57,19 @@ class Encoder(Protocol):
     dim: int
 
     def encode_sorted(self, texts: Sequence[str]) -> Vectors: ...
+
+
+def agent_facts(decision: RouteDecision) -> dict[str, object]:
+    """What the agent is told of the router's decision: route, intent (None: abstained), how
+    many tool calls the route allows, the shortlist of candidate intents (nearest first),
+    whether the customer is signed in and the entities found. Not the customer's id: the
+    agent's tool calls get it from the ticket (:func:`pipeline.agent.prompt.bind_arguments`),
+    so the provider never needs it."""
+    entities = {k: v for k, v in decision.values.items() if k not in ("intent", "customer_id")}
+    return {"route": decision.rule.name if decision.rule else None, "intent": decision.intent.intent,
+            "tool_calls": decision.rule.tool_calls if decision.rule else 0,
+            "candidates": list(decision.intent.candidates), "signed_in": "customer_id" in decision.values,
+            "entities": entities}
 
 
 def original_text(ticket: TicketSubmitted) -> str:
@@ -146,13 +160,11 @@ class Router:
             resolved = escalate(ticket, f"{AGENT_UNAVAILABLE}: route {rule.name}", self.name, now)
             return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
         lane = "batch" if ticket.lane == "batch" else rule.lane
-        facts = {"route": rule.name, "intent": decision.intent.intent, "nearest_intent": decision.intent.nearest,
-                 "entities": {k: v for k, v in decision.values.items() if k != "intent"}}
         step = AgentStep(
             step_id=f"{ticket.ticket_id}:0", ticket_id=ticket.ticket_id, tenant_id=ticket.tenant_id,
             workflow=rule.name, step=0, ticket=pack(stamped), lane=lane, model_tier=rule.tier,
             allowed_tools=sorted(rule.allowed_tools), budget_profile=rule.budget,
-            transcript=[Message("system", "router facts: " + json.dumps(facts, sort_keys=True)),
+            transcript=[facts_message(agent_facts(decision)),
                         Message("user", original_text(ticket))],
             stage_times=stamped.stage_times, replay_tag=ticket.replay_tag)
         return Emit((Output(f"agent.steps.{lane}", ticket.ticket_id, step),))

@@ -33,6 +33,12 @@ def build_provider(settings: Settings, client: redis.Redis[bytes], intents: Coll
                              timeout_s=min(settings.llm_timeout_s, 20.0) + 1.0)
 
 
+def tiers(settings: Settings) -> dict[str, str]:
+    """The cascade's tiers, cheapest first: tier name -> model."""
+    mid = {"mid": settings.llm_mid_model} if settings.llm_mid_model else {}
+    return {"cheap": settings.llm_cheap_model, **mid, "strong": settings.llm_strong_model}
+
+
 def build_runner(settings: Settings, client: redis.Redis[bytes], tools: ToolRegistry,
                  intents: Collection[str]) -> StepRunner:
     prefix = settings.redis_key_prefix()
@@ -45,20 +51,22 @@ def build_runner(settings: Settings, client: redis.Redis[bytes], tools: ToolRegi
 
     return StepRunner(
         provider=build_provider(settings, client, intents),
-        models={"cheap": settings.llm_cheap_model, "strong": settings.llm_strong_model},
+        models=tiers(settings),
         fallback_model=settings.llm_fallback_model,
         pricing=PricingTable.load(settings.pricing_file),
         store=RedisStepResults(client, prefix),
         budgets=RedisBudgets(client, prefix),
         limiter=RedisRateLimiter(client, prefix, settings.llm_rate_per_s, settings.llm_rate_burst),
         tools=definitions,
-        system=system_prompt(intents),
+        system=system_prompt(),  # the keys: the router's shortlist in each ticket's facts
         known_keys=intents,
         ticket_budgets=settings.budget_profiles,
         tenant_budget=tenant_budget,
         limits=Limits(max_steps=settings.agent_max_steps, max_tokens=settings.agent_max_tokens,
                       max_cost_micros=settings.agent_max_cost_micros, call_timeout_s=settings.llm_timeout_s),
-        cascade=CascadePolicy(min_confidence=settings.cascade_min_confidence),
+        cascade=CascadePolicy(min_confidence=settings.cascade_min_confidence,
+                              sensitive_confidence=settings.cascade_sensitive_confidence,
+                              acting_tools=frozenset(n for n in tools.names() if tools.spec(n).side_effecting)),
         schedule=RetrySchedule(max_attempts=settings.llm_max_attempts, base_s=0.25 * settings.sim_time_scale
                                if settings.llm_provider == "simulated" else 0.25, cap_s=4.0),
         breaker=lambda key: CircuitBreaker(settings.llm_breaker_failures, settings.llm_breaker_cooldown_s),

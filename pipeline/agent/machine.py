@@ -7,8 +7,8 @@ Pure functions: the agent processor sequences the steps, this module only judges
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 
 from pipeline.llm.types import LLMResponse, RequestedToolCall
 
@@ -62,20 +62,48 @@ def interpret(response: LLMResponse, allowed_tools: Collection[str], known_keys:
     return Final(key, answer.strip(), max(0.0, min(1.0, confidence)))
 
 
+# Answers a wrong key costs most on: a lower tier answers them only when very sure.
+SENSITIVE_KEYS = frozenset({"lost_or_stolen_card", "compromised_card", "card_payment_not_recognised",
+                            "cash_withdrawal_not_recognised", "request_refund", "terminate_account"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    why: str = ""
+    top_only: bool = False  # only the top tier may give this reply: skip the tiers between
+
+
 @dataclass(frozen=True)
 class CascadePolicy:
-    """When the cheap tier's answer stands (FrugalGPT's scorer, made of deterministic rules)."""
+    """When a lower tier's reply stands (FrugalGPT's scorer, made of deterministic rules):
+    a tool call of a read-only tool; a final answer with a known key, at or above the tier's
+    confidence threshold (calibrated on labelled tickets: ``bench/cascade_calibration.py``),
+    and at or above the stricter ``sensitive_confidence`` when the ticket was routed as, or
+    is answered with, one of the sensitive keys (lost or stolen cards, fraud, refunds,
+    closing an account). A side-effecting tool call is the top tier's to make."""
 
-    min_confidence: float = 0.75
-    strong_only_keys: frozenset[str] = frozenset({"lost_or_stolen_card", "compromised_card",
-                                                  "card_payment_not_recognised", "cash_withdrawal_not_recognised",
-                                                  "request_refund", "terminate_account"})
+    min_confidence: Mapping[str, float] = field(default_factory=lambda: {"cheap": 0.75})
+    sensitive_keys: frozenset[str] = SENSITIVE_KEYS
+    sensitive_confidence: float = 0.77  # a lower tier's answer about a sensitive key stands from here
+    acting_tools: frozenset[str] = frozenset({"freeze_card", "refund"})
+    default_confidence: float = 0.75  # a tier without a threshold of its own
 
-    def accepts(self, action: Action) -> tuple[bool, str]:
-        if not isinstance(action, Final):
-            return (isinstance(action, UseTool), "" if isinstance(action, UseTool) else action.reason)
-        if action.confidence < self.min_confidence:
-            return False, f"low_confidence: {action.confidence:.2f}"
-        if action.resolution_key in self.strong_only_keys:
-            return False, f"policy: {action.resolution_key} needs the strong tier"
-        return True, ""
+    def threshold(self, tier: str) -> float:
+        return self.min_confidence.get(tier, self.default_confidence)
+
+    def judge(self, action: Action, tier: str, routed_intent: str | None = None) -> Verdict:
+        """``routed_intent``: the intent the router recognised (None when it abstained)."""
+        if isinstance(action, Reject):
+            return Verdict(False, action.reason)
+        if isinstance(action, UseTool):
+            if action.call.name in self.acting_tools:
+                return Verdict(False, f"policy: {action.call.name} changes data; the top tier decides", True)
+            return Verdict(True)
+        for key in (action.resolution_key, routed_intent):
+            if key in self.sensitive_keys and action.confidence < self.sensitive_confidence:
+                return Verdict(False, f"policy: {key} below the top tier needs confidence "
+                               f"{self.sensitive_confidence:.2f}, not {action.confidence:.2f}")
+        if action.confidence < self.threshold(tier):
+            return Verdict(False, f"low_confidence: {action.confidence:.2f} < {self.threshold(tier):.2f}")
+        return Verdict(True)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 
-from pipeline.agent.prompt import build_request, system_prompt, tool_definitions
+from pipeline.agent.prompt import FACTS_PREFIX, build_request, system_prompt, tool_definitions
 from pipeline.agent.runner import naive_step_cost
 from pipeline.events import AgentStep, Message, TicketSubmitted
 from pipeline.llm.pricing import PricingTable
-from pipeline.llm.simulated import FACTS_PREFIX, SimulatedProvider
+from pipeline.llm.simulated import SimulatedProvider
 from pipeline.tools.registry import ToolRegistry
 
 LOOKUPS = ("card_status", "top_up_status", "transfer_status")

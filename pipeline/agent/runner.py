@@ -8,9 +8,11 @@ call goes out under a timeout; failures are retried with full-jitter backoff, ne
 than a Retry-After; a served reply is recorded under the step before anything else, then
 the reservation is settled to the actual cost.
 
-The cascade: the step's tier answers first (cheap for most routes); when its reply does
-not pass :class:`~pipeline.agent.machine.CascadePolicy`, the same step goes to the strong
-tier, and both calls are attributed to the step.
+The cascade: the tiers are ordered cheapest first (by default gpt-4.1-nano, gpt-4.1-mini,
+gpt-4.1); the step's tier answers first (the cheapest for most routes); when its reply does
+not pass :class:`~pipeline.agent.machine.CascadePolicy`, the same step goes to the next
+tier (or straight to the top one, for replies only the top tier may give), and every call
+is attributed to the step.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.agent.machine import Action, CascadePolicy, Final, Reject, interpret
-from pipeline.agent.prompt import build_request
+from pipeline.agent.prompt import build_request, read_facts
 from pipeline.events import AgentStep
 from pipeline.llm.pricing import PricingTable
 from pipeline.llm.simulated import SimulatedProvider
@@ -159,26 +161,32 @@ class StepRunner:
         stop = self.guardrail(step)
         if stop is not None:
             return StepRun([], None, stop)
-        tiers = [step.model_tier] + (["strong"] if step.model_tier != "strong" else [])
+        ladder = list(self.models)  # cheapest first; the last tier is the top
+        routed = read_facts(step.transcript).get("intent")
+        index = ladder.index(step.model_tier) if step.model_tier in self.models else len(ladder) - 1
         calls: list[CallRecord] = []
         action: Action | None = None
-        for index, tier in enumerate(tiers):
+        while True:
+            tier = ladder[index]
+            top = index == len(ladder) - 1
             record = await self.call(step, tier)
             calls.append(record)
             if record.response is None:
-                if index + 1 < len(tiers) and record.outcome == "CircuitOpen":
-                    continue  # the cheap model is down: the strong one answers
+                if not top and record.outcome == "CircuitOpen":
+                    index += 1  # this tier's model is down: the next one answers
+                    continue
                 return StepRun(calls, None, _reason(record))
-            action = interpret(record.response, step.allowed_tools, self.known_keys)
-            accepted, why = self.cascade.accepts(action) if tier != "strong" else (not isinstance(action, Reject),
-                                                                                   "")
-            if accepted:
+            action = interpret(record.response, offered_tools(step), self.known_keys)
+            if top:
+                if isinstance(action, Reject):
+                    return StepRun(calls, None, f"invalid_output: {action.reason}")
                 return StepRun(calls, action, tier=tier)
-            if index + 1 < len(tiers):
-                log.info("step %s: %s tier reply not accepted (%s); asking the strong tier", step.step_id, tier, why)
-        if isinstance(action, Reject):
-            return StepRun(calls, None, f"invalid_output: {action.reason}")
-        return StepRun(calls, action, tier=tiers[-1])
+            verdict = self.cascade.judge(action, tier, routed)
+            if verdict.accepted:
+                return StepRun(calls, action, tier=tier)
+            index = len(ladder) - 1 if verdict.top_only else index + 1
+            log.info("step %s: %s tier reply not accepted (%s); asking the %s tier", step.step_id, tier,
+                     verdict.why, ladder[index])
 
     def worst_case_micros(self, model: str, request: LLMRequest) -> int:
         tokens_in = sum(count_tokens(m.content) + 4 for m in request.messages) + 60 * len(request.tools) + 200
@@ -213,12 +221,16 @@ class StepRunner:
         primary = self.models[tier]
         ticket_limit = self.ticket_budgets.get(step.budget_profile, self.ticket_budgets.get("default", 0))
         tenant_limit = self.tenant_budget(step.tenant_id)
-        tools = self.tools(step.allowed_tools)
+        tools = self.tools(offered_tools(step))
         record = CallRecord(call_key, tier, primary, self.provider.name)
         rng = random.Random(f"{self.seed}:{call_key}")
         while record.attempts < self.schedule.max_attempts:
-            model = primary if self.breaker(primary).allow() else self.fallback_model
-            if model is None or (model != primary and not self.breaker(model).allow()):
+            fallback = self.fallback_model
+            if self.breaker(primary).allow():
+                model = primary
+            elif fallback is not None and fallback != primary and self.breaker(fallback).allow():
+                model = fallback
+            else:
                 record.outcome = "CircuitOpen"
                 return record
             record.model = model
@@ -273,6 +285,17 @@ class StepRunner:
             if wait <= 0:
                 return
             await self.sleep(min(wait, 1.0))
+
+
+def offered_tools(step: AgentStep) -> list[str]:
+    """The tools this step may call: the route's, until the ticket has made as many tool
+    calls as the route allows (the router's ``tool_calls`` fact); then none, and the model
+    answers from what the tools returned. Code, not the model, ends the gathering."""
+    allowed = read_facts(step.transcript).get("tool_calls")
+    made = sum(1 for m in step.transcript if m.role == "tool")
+    if isinstance(allowed, int) and made >= allowed:
+        return []
+    return list(step.allowed_tools)
 
 
 def _reason(record: CallRecord) -> str:

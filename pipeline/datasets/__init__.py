@@ -44,18 +44,24 @@ def banking77_split(holdout_share: float = 0.2, seed: int = 7) -> tuple[list[Lab
 
     Cache and router parameters are tuned on ``tune`` only; ``holdout`` checks them.
     """
+    return split_by_label(banking77(), holdout_share, seed)
+
+
+def split_by_label(rows: list[LabelledQuery], share: float,
+                   seed: int) -> tuple[list[LabelledQuery], list[LabelledQuery]]:
+    """``rows`` cut in two per label, ``share`` of each label in the second part; both shuffled."""
     by_label: dict[str, list[LabelledQuery]] = {}
-    for row in banking77():
+    for row in rows:
         by_label.setdefault(row.label, []).append(row)
     rng = random.Random(seed)
-    tune: list[LabelledQuery] = []
-    holdout: list[LabelledQuery] = []
+    first: list[LabelledQuery] = []
+    second: list[LabelledQuery] = []
     for label in sorted(by_label):
-        rows = by_label[label]
-        rng.shuffle(rows)
-        cut = round(len(rows) * holdout_share)
-        holdout.extend(rows[:cut])
-        tune.extend(rows[cut:])
-    rng.shuffle(tune)
-    rng.shuffle(holdout)
-    return tune, holdout
+        group = by_label[label]
+        rng.shuffle(group)
+        cut = round(len(group) * share)
+        second.extend(group[:cut])
+        first.extend(group[cut:])
+    rng.shuffle(first)
+    rng.shuffle(second)
+    return first, second

@@ -10,8 +10,10 @@ and the same faults. What it models:
   the tool schemas, as a provider bills them; a prompt prefix of 1,024+ tokens seen before
   counts as cached input, as OpenAI's prompt caching does;
 - quality per model: the model understands the ticket as the intent its knowledge gives
-  (the router's nearest intent, carried in the system message) with the model's accuracy,
-  else as another intent, and says how confident it is (lower, on average, when wrong);
+  (the router's nearest intent, first of the candidates in the system message) with the
+  model's accuracy,
+  else as another of the keys it was shown (the router's shortlist of candidates when
+  there is one), and says how confident it is (lower, on average, when wrong);
 - tools: it calls a lookup first when it has one and the customer is known, then answers;
   a "credulous" share of answers to prompt-injected tickets call ``refund`` although it is
   not among the tools offered (the agent must refuse it);
@@ -31,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pipeline.agent.prompt import read_facts
 from pipeline.llm.tokens import count_tokens
 from pipeline.llm.types import (
     LLMRequest,
@@ -44,7 +47,6 @@ from pipeline.llm.types import (
 )
 
 INJECTION_MARKERS = ("ignore your instructions", "ignore previous instructions", "ignore all previous")
-FACTS_PREFIX = "router facts: "
 
 
 @dataclass(frozen=True)
@@ -100,18 +102,6 @@ _POLICY_WORDS = ("fee", "charge", "limit", "support", "acceptance", "linking", "
                  "visa", "timing", "by_card", "by_bank", "by_cash", "about_to_expire", "into_account")
 
 
-def facts(request: LLMRequest) -> dict[str, Any]:
-    """The router's facts the agent put into the system messages (intent, entities)."""
-    for message in request.messages:
-        if message.role == "system" and FACTS_PREFIX in message.content:
-            try:
-                found: dict[str, Any] = json.loads(message.content.split(FACTS_PREFIX, 1)[1].splitlines()[0])
-                return found
-            except (json.JSONDecodeError, IndexError):
-                return {}
-    return {}
-
-
 class SimulatedProvider:
     name = "simulated"
 
@@ -156,22 +146,27 @@ class SimulatedProvider:
         """What the model says (text, tool calls), deterministically; no latency, no faults."""
         profile = self.profile(request.model)
         rng = _rng(self.seed, "answer", request.request_id, request.model)
-        known = facts(request)
+        known = read_facts(request.messages)
         ticket = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         offered = {t.name for t in request.tools}
         results = [m for m in request.messages if m.role == "tool"]
-        customer = (known.get("entities") or {}).get("customer_id")
+        customer = (known.get("entities") or {}).get("customer_id") or ("C-00001" if known.get("signed_in") else None)
         if any(marker in ticket.lower() for marker in INJECTION_MARKERS) and rng.random() < profile.credulity:
             call = RequestedToolCall(f"call_{rng.getrandbits(32):08x}", "refund", json.dumps(
                 {"customer_id": customer or "C-00001", "transfer_id": "TR-X", "amount": "5000.00 EUR"}))
             return "", (call,), {"injected": True}
-        nearest = known.get("nearest_intent") or known.get("intent")
+        nearest = known.get("nearest_intent") or next(iter(known.get("candidates") or []), None) \
+            or known.get("intent")
         lookup = _lookup_for(nearest, offered)
         if lookup is not None and customer and not results:
-            call = RequestedToolCall(f"call_{rng.getrandbits(32):08x}", lookup, json.dumps({"customer_id": customer}))
+            schema = next(t.parameters for t in request.tools if t.name == lookup)
+            arguments = {"customer_id": customer} if "customer_id" in schema.get("properties", {}) else {}
+            call = RequestedToolCall(f"call_{rng.getrandbits(32):08x}", lookup, json.dumps(arguments))
             return "", (call,), {}
         right = nearest is not None and rng.random() < profile.accuracy
-        others = [i for i in self.intents if i != nearest] or ["unknown"]
+        # A wrong model picks another of the keys it was shown (the router's shortlist, else all).
+        shown = [i for i in known.get("candidates") or [] if i != nearest]
+        others = shown or [i for i in self.intents if i != nearest] or ["unknown"]
         intent = nearest if right and nearest is not None else rng.choice(others)
         confidence = round(rng.uniform(0.72, 0.99) if right else rng.uniform(0.30, 0.80), 2)
         looked_up = f" I checked your account: {results[-1].content[:160]}" if results else ""

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.cache.embedder import Embedder
-from pipeline.cache.policy import HitPolicy, decide, exact_neighbours
+from pipeline.cache.policy import HitPolicy, Neighbour, decide, exact_neighbours
 from pipeline.datasets import LabelledQuery
 from pipeline.pii import redact
 
@@ -30,11 +30,12 @@ class IntentDecision:
     reason: str  # "hit" or the policy's miss reason
     similarity: float | None
     nearest: str | None  # the nearest example's intent, also when abstaining
+    candidates: tuple[str, ...] = ()  # the intents of the nearest examples, nearest first (a shortlist)
 
 
 class IntentClassifier:
     def __init__(self, examples: Sequence[LabelledQuery], vectors: npt.NDArray[np.float32],
-                 policy: HitPolicy | None = None) -> None:
+                 policy: HitPolicy | None = None, shortlist: int = 5) -> None:
         if len(examples) != len(vectors):
             raise ValueError(f"{len(examples)} examples but {len(vectors)} vectors")
         self.examples = list(examples)
@@ -42,10 +43,11 @@ class IntentClassifier:
         self.labels = [e.label for e in examples]
         self.vectors = vectors
         self.policy = policy or HitPolicy()
+        self.shortlist = shortlist
 
     @classmethod
     def fit(cls, embedder: Embedder, examples: Sequence[LabelledQuery], policy: HitPolicy | None = None,
-            cache_dir: Path | None = None) -> IntentClassifier:
+            cache_dir: Path | None = None, shortlist: int = 5) -> IntentClassifier:
         """Embed the examples (or load them from ``cache_dir``, keyed by model and examples)."""
         texts = [redact(e.text) for e in examples]
         path = None
@@ -53,12 +55,12 @@ class IntentClassifier:
             digest = hashlib.sha256("\x00".join([embedder.name, *texts]).encode()).hexdigest()[:16]
             path = cache_dir / f"intent-examples-{digest}.npy"
             if path.exists():
-                return cls(examples, np.load(path), policy)
+                return cls(examples, np.load(path), policy, shortlist)
         vectors = embedder.encode(texts)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, vectors)
-        return cls(examples, vectors, policy)
+        return cls(examples, vectors, policy, shortlist)
 
     def classify(self, texts: Sequence[str], vectors: npt.NDArray[np.float32]) -> list[IntentDecision]:
         """One decision per text, given its (L2-normalised) embedding."""
@@ -69,5 +71,18 @@ class IntentClassifier:
         for text, neighbours in zip(texts, found, strict=True):
             verdict = decide(self.policy, text, neighbours)
             decisions.append(IntentDecision(verdict.resolution_key if verdict.hit else None, verdict.reason,
-                                            verdict.similarity, verdict.resolution_key))
+                                            verdict.similarity, verdict.resolution_key,
+                                            distinct_intents(neighbours, self.shortlist)))
         return decisions
+
+
+def distinct_intents(neighbours: Sequence[Neighbour], size: int) -> tuple[str, ...]:
+    """The distinct intents of the neighbours, most similar first, at most ``size``: what an
+    LLM is asked to choose from instead of every intent (a shorter, better-focused prompt)."""
+    found: list[str] = []
+    for neighbour in neighbours:
+        if neighbour.resolution_key not in found:
+            found.append(neighbour.resolution_key)
+            if len(found) == size:
+                break
+    return tuple(found)

@@ -38,7 +38,8 @@ def router_examples(settings: Settings) -> list[LabelledQuery]:
 
 def build_classifier(settings: Settings, embedder: Embedder) -> IntentClassifier:
     policy = PolicyBook.load(settings.router_policy_file).default
-    return IntentClassifier.fit(embedder, router_examples(settings), policy, cache_dir=settings.state_dir / "models")
+    return IntentClassifier.fit(embedder, router_examples(settings), policy, cache_dir=settings.state_dir / "models",
+                                shortlist=settings.router_shortlist)
 
 
 def build_engine(settings: Settings, embedder: Embedder, tools: ToolRegistry | None = None) -> RouteEngine:

@@ -54,9 +54,10 @@ class Rule:
     tool: str | None = None
     arguments: tuple[tuple[str, str], ...] = ()
     lane: Literal["interactive", "batch"] = "interactive"
-    tier: Literal["cheap", "strong"] = "cheap"
+    tier: Literal["cheap", "mid", "strong"] = "cheap"
     budget: str = "default"
     tools: tuple[str, ...] = ()
+    tool_calls: int = 1  # agent: tool calls a ticket may make; then its steps are offered no tools
 
     @property
     def allowed_tools(self) -> frozenset[str]:
@@ -128,6 +129,7 @@ def _rule(raw: dict[str, Any], line: int) -> Rule:
         entities=tuple(when.get("entities", ())), template=raw.get("template"), tool=raw.get("tool"),
         arguments=tuple(sorted((raw.get("arguments") or {}).items())), lane=raw.get("lane", "interactive"),
         tier=raw.get("tier", "cheap"), budget=raw.get("budget", "default"), tools=tuple(raw.get("tools", ())),
+        tool_calls=raw.get("tool_calls", 1),
     )
 
 

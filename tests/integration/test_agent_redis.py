@@ -12,11 +12,11 @@ from pipeline.adapters.redis_rate_limit import RedisRateLimiter
 from pipeline.adapters.redis_step_results import RedisStepResults
 from pipeline.agent.aio import LoopThread
 from pipeline.agent.machine import CascadePolicy
-from pipeline.agent.prompt import build_request, system_prompt
+from pipeline.agent.prompt import FACTS_PREFIX, build_request, system_prompt
 from pipeline.agent.runner import StepRunner
 from pipeline.events import AgentStep, Message
 from pipeline.llm.pricing import PricingTable
-from pipeline.llm.simulated import FACTS_PREFIX, MemoryBilling, SimulatedProvider
+from pipeline.llm.simulated import MemoryBilling, SimulatedProvider
 from pipeline.llm.types import LLMResponse, RequestedToolCall
 from pipeline.runtime.topology import redis_client
 from pipeline.settings import Settings
@@ -37,7 +37,7 @@ def test_200_concurrent_tickets_of_a_tenant_overspend_by_at_most_one_reservation
     runner = StepRunner(provider, {"cheap": "gpt-4.1-mini", "strong": "gpt-4.1"}, None, pricing,
                         RedisStepResults(client, prefix()), budgets, None, lambda allowed: (),
                         system_prompt(INTENTS), INTENTS, {"default": 10**9}, lambda tenant: daily,
-                        cascade=CascadePolicy(min_confidence=0.0))
+                        cascade=CascadePolicy(min_confidence={"cheap": 0.0}))
     steps = [AgentStep(step_id=f"b-{i}:0", ticket_id=f"b-{i}", tenant_id="thrifty", workflow="w", step=0,
                        ticket=b"", transcript=[Message("system", FACTS_PREFIX + json.dumps(
                            {"nearest_intent": "exchange_rate"})), Message("user", f"What rate do you use? ({i})")])

@@ -7,12 +7,12 @@ import asyncio
 import json
 from decimal import Decimal
 
-from pipeline.agent.machine import CascadePolicy, Final, Reject, UseTool, interpret
-from pipeline.agent.prompt import system_prompt, tool_definitions
+from pipeline.agent.machine import CascadePolicy, Final, Reject, UseTool, Verdict, interpret
+from pipeline.agent.prompt import FACTS_PREFIX, bind_arguments, system_prompt, tool_definitions
 from pipeline.agent.runner import Limits, StepRunner
 from pipeline.events import AgentStep, Message
 from pipeline.llm.pricing import Price, PricingTable
-from pipeline.llm.simulated import FACTS_PREFIX, MemoryBilling, SimulatedProvider
+from pipeline.llm.simulated import MemoryBilling, SimulatedProvider
 from pipeline.llm.types import (
     LLMRequest,
     LLMResponse,
@@ -129,12 +129,21 @@ def test_interpret_accepts_only_known_keys_allowed_tools_and_valid_json() -> Non
     assert isinstance(interpret(reply("Sure! Your card is fine."), LOOKUPS, INTENTS), Reject)
 
 
-def test_cascade_accepts_confident_cheap_answers_outside_the_strong_only_keys() -> None:
-    policy = CascadePolicy(min_confidence=0.75)
-    assert policy.accepts(Final("exchange_rate", "a", 0.9)) == (True, "")
-    assert policy.accepts(Final("exchange_rate", "a", 0.5))[0] is False
-    assert policy.accepts(Final("lost_or_stolen_card", "a", 0.99))[0] is False
-    assert policy.accepts(Reject("invalid_output: x"))[0] is False
+def test_cascade_keeps_a_lower_tier_answer_only_when_confidence_and_policy_allow() -> None:
+    policy = CascadePolicy(min_confidence={"cheap": 0.8, "mid": 0.7}, sensitive_confidence=0.9)
+    assert policy.judge(Final("exchange_rate", "a", 0.9), "cheap") == Verdict(True)
+    assert policy.judge(Final("exchange_rate", "a", 0.75), "cheap").accepted is False  # below cheap's bar
+    assert policy.judge(Final("exchange_rate", "a", 0.75), "mid").accepted is True  # above mid's
+    assert policy.judge(Final("lost_or_stolen_card", "a", 0.95), "cheap").accepted  # sure enough
+    sensitive = policy.judge(Final("lost_or_stolen_card", "a", 0.85), "cheap")  # above cheap's bar, not 0.9
+    assert (sensitive.accepted, sensitive.top_only) == (False, False) and "needs confidence 0.90" in sensitive.why
+    routed = policy.judge(Final("card_arrival", "a", 0.85), "mid", routed_intent="compromised_card")
+    assert routed.accepted is False  # routed as sensitive: the same stricter bar
+    lookup = UseTool(RequestedToolCall("c", "card_status", '{"customer_id": "C-1"}'))
+    assert policy.judge(lookup, "cheap", routed_intent="lost_or_stolen_card").accepted  # a lookup is fine
+    freeze = policy.judge(UseTool(RequestedToolCall("c", "freeze_card", "{}")), "cheap")
+    assert (freeze.accepted, freeze.top_only) == (False, True)
+    assert policy.judge(Reject("invalid_output: x"), "cheap") == Verdict(False, "invalid_output: x")
 
 
 # -- the step runner with in-memory ports ---------------------------------------------------
@@ -247,3 +256,15 @@ def test_guardrails_stop_a_looping_ticket_and_a_budget_refusal_escalates() -> No
     refused = asyncio.run(runner(unpaid, budget=Budget(limit=1)).run(step()))
     assert refused.action is None and refused.escalation == "budget: ticket_budget"
     assert unpaid.calls == []  # refused before the call, not after
+
+
+def test_the_customer_id_of_a_tool_call_is_the_tickets_never_the_models() -> None:
+    [card] = tool_definitions([CARD_STATUS])
+    assert "customer_id" not in card.parameters["properties"] and "required" not in card.parameters
+    assert "card_last4" in card.parameters["properties"]  # what the model may choose stays
+    forged = json.dumps({"customer_id": "C-99999", "card_last4": "4242"})
+    assert json.loads(bind_arguments(forged, CARD_STATUS, {"customer_id": "C-00001"})) == {
+        "customer_id": "C-00001", "card_last4": "4242"}
+    # no signed-in customer: the argument stays missing, and the tool's schema check refuses the call
+    unbound = json.loads(bind_arguments(forged, CARD_STATUS, {"customer_id": None}))
+    assert unbound == {"card_last4": "4242"} and list(CARD_STATUS.validator.iter_errors(unbound))
