@@ -86,7 +86,8 @@ def agent_tickets(settings: Settings, examples: list[LabelledQuery],
     picked = []
     found = dict.fromkeys(SHORTLISTS, 0)
     for i, (query, decision) in enumerate(zip(queries, decisions, strict=True)):
-        if decision.kind != "agent" or decision.rule is None:
+        rule = decision.rule
+        if decision.kind != "agent" or rule is None:
             continue
         for k in SHORTLISTS:
             found[k] += query.label in decision.intent.candidates[:k]
@@ -95,7 +96,7 @@ def agent_tickets(settings: Settings, examples: list[LabelledQuery],
         decision = dataclasses.replace(decision, intent=shortlist)
         picked.append((query, AgentStep(
             step_id=f"calibration-{i}:0", ticket_id=f"calibration-{i}", tenant_id="calibration",
-            workflow=decision.rule.name, step=0, ticket=b"", model_tier="cheap", allowed_tools=[],
+            workflow=rule.name, step=0, ticket=b"", model_tier="cheap", allowed_tools=[],
             transcript=[facts_message(agent_facts(decision)), Message("user", query.text)])))
     return picked, {k: round(n / max(1, len(picked)), 4) for k, n in found.items()}
 

@@ -69,6 +69,8 @@ class DemoReport:
     billed_calls: int = 0
     cost_usd: float = 0.0
     naive_cost_usd: float | None = None
+    # labelled input: per path, the share of its answers whose resolution key is the label
+    right_key_by_path: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     topic_prefix: str = ""
 
@@ -173,6 +175,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     costs: dict[str, int] = {}
     keys: dict[str, str] = {}  # the intent each ticket was resolved with (the naive loop's understanding)
     paths: Counter[str] = Counter()
+    path_of: dict[str, str] = {}
     reasons: Counter[str] = Counter()
 
     procs = start_workers(settings, options.workers, settings.state_dir / "logs", options.fault_rate)
@@ -196,6 +199,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
                     if resolved.resolution_key:
                         keys[resolved.ticket_id] = resolved.resolution_key
                     paths[resolved.path] += 1
+                    path_of[resolved.ticket_id] = resolved.path
                     if resolved.escalation_reason:
                         reasons[resolved.escalation_reason] += 1
                     bar.update()
@@ -238,10 +242,23 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         billed_calls=billing.total(),
         cost_usd=round(sum(costs.values()) / 1_000_000, 6),
         naive_cost_usd=round(naive_cost_micros(settings, tickets, keys) / 1_000_000, 6),
+        right_key_by_path=right_keys(tickets, keys, path_of),
         wall_s=round(time.monotonic() - started, 1),
         topic_prefix=settings.topic_prefix,
     )
     return report
+
+
+def right_keys(tickets: list[TicketSubmitted], keys: dict[str, str], path_of: dict[str, str]) -> dict[str, float]:
+    """Per path, the share of labelled tickets answered there with their label as resolution key."""
+    right: Counter[str] = Counter()
+    answered: Counter[str] = Counter()
+    for ticket in tickets:
+        label, path = ticket.metadata.get("label"), path_of.get(ticket.ticket_id)
+        if label and path and path != "escalated":
+            answered[path] += 1
+            right[path] += keys.get(ticket.ticket_id) == label
+    return {path: round(right[path] / n, 4) for path, n in sorted(answered.items())}
 
 
 def prepare_cache(client: TicketflowClient, settings: Settings, tenants: list[str], warm_csv: Path | None,

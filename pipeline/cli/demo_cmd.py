@@ -76,6 +76,9 @@ def render(report: DemoReport) -> str:
         f"  LLM calls      {report.llm_calls} (billed by the provider: {report.billed_calls})",
         f"  cost           ${report.cost_usd:.4f}, naive agent loop ${report.naive_cost_usd or 0:.4f}"
         + (f" (ratio {report.cost_usd / report.naive_cost_usd:.3f})" if report.naive_cost_usd else ""),
+        *([("  right key      " + ", ".join(f"{k} {v:.3f}" for k, v in report.right_key_by_path.items())
+             + " (share of labelled answers whose resolution key is the label)")]
+          if report.right_key_by_path else []),
         f"  wall time      {report.wall_s} s",
         "  (Kafka and Redis stay up for `ticketflow results` and the like; "
         "`ticketflow services down` stops them.)",
