@@ -1,8 +1,10 @@
 """What the same tickets would cost through a naive agent loop: every ticket, the strong
 model, the agent's usual steps (a lookup of the customer's data when the question is about
 it, then the answer), no cache and no rules. The naive agent understands each ticket as
-what it turned out to be (the intent the pipeline resolved it with), gets the same prompt
-cache (a repeated prompt prefix is billed at the cached-input price) and the full prompt.
+what it turned out to be (the intent the pipeline resolved it with), gets the prompt cache
+on its static prefix (system prompt listing every key, the same tool views as the agent)
+billed at the cached-input price whatever its length (the demo's provider for it has no
+1,024-token minimum), so it is never dearer for missing the cache.
 Computed with the simulated provider's token model and the pricing table, without running
 anything, so that the demo reports ``naive_cost_usd`` beside what the pipeline spent.
 """

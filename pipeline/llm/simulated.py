@@ -107,7 +107,8 @@ class SimulatedProvider:
 
     def __init__(self, seed: int = 7, fault_rate: float = 0.0, profiles: dict[str, ModelProfile] | None = None,
                  intents: list[str] | None = None, billing: BillingCounter | None = None, time_scale: float = 1.0,
-                 timeout_s: float = 20.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 timeout_s: float = 20.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 cache_min_tokens: int = 1024) -> None:
         if not 0 <= fault_rate <= 1:
             raise ValueError("fault_rate must lie in [0, 1]")
         self.seed = seed
@@ -118,6 +119,7 @@ class SimulatedProvider:
         self.time_scale = time_scale
         self.timeout_s = timeout_s
         self.sleep = sleep
+        self.cache_min_tokens = cache_min_tokens  # the shortest prefix the prompt cache serves
         self._prefixes: set[str] = set()
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -139,7 +141,8 @@ class SimulatedProvider:
         counts = [count_tokens(p) + (4 if i else 0) for i, p in enumerate(parts)]
         total = sum(counts)
         prefix_tokens = counts[0] + (counts[1] if len(counts) > 1 else 0)
-        cached = prefix_tokens if prefix_tokens >= 1024 and self._prefix(request) in self._prefixes else 0
+        cached = prefix_tokens if prefix_tokens >= self.cache_min_tokens and self._prefix(request) in self._prefixes \
+            else 0
         return total, cached
 
     def decide(self, request: LLMRequest) -> tuple[str, tuple[RequestedToolCall, ...], dict[str, Any]]:
