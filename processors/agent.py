@@ -72,8 +72,10 @@ class AgentProcessor:
     def finish(self, step: AgentStep, run: StepRun) -> Outcome:
         """The outputs of a finished step: usage records, then the tool call or the resolution."""
         now = self.clock.now_ms()
+        queued = max(step.stage_times.values(), default=run.started_ms or now)  # when this step was queued
         if self.metrics is not None:
             self.metrics.observe(step.tenant_id, step.workflow, run.calls, run.tier, run.escalation)
+            self.metrics.waited(self.lane, max(0, (run.started_ms or now) - queued) / 1000)
         outputs = [Output("llm.usage", step.tenant_id, record) for record in usage_records(step, run.calls, now)]
         served = [c for c in run.calls if c.response is not None]
         totals = dataclasses.replace(
@@ -83,6 +85,8 @@ class AgentProcessor:
             tokens_cached=step.tokens_cached + sum(c.response.tokens_cached for c in served if c.response),
             cost_micros=step.cost_micros + sum(c.cost_micros for c in run.calls),
             models=step.models + [c.model for c in served],
+            # when the step began, past its lane's queue: the ticket's stage latencies show the wait
+            stage_times={**step.stage_times, f"agent-start:{step.step}": run.started_ms or now},
         )
         ticket = unpack(step.ticket, TicketSubmitted)
         action = run.action
@@ -93,7 +97,7 @@ class AgentProcessor:
             following = dataclasses.replace(
                 totals, step=step.step + 1, step_id=f"{step.ticket_id}:{step.step + 1}",
                 transcript=[*step.transcript, assistant], model_tier=step.model_tier,
-                stage_times={**step.stage_times, f"agent:{step.step}": now})
+                stage_times={**totals.stage_times, f"agent:{step.step}": now})
             arguments = bind_arguments(call.arguments, self.tools.spec(call.name),
                                        {"customer_id": ticket.customer_id})
             tool_call = ToolCall(call_id=f"{step.step_id}:{call.name}", ticket_id=step.ticket_id,

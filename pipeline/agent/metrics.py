@@ -24,8 +24,15 @@ class AgentMetrics:
                                  buckets=_LATENCY_BUCKETS, registry=registry)
         self.escalations = Counter("ticketflow_agent_escalations_total", "Agent steps ending in a hand-off, by "
                                    "reason kind", ["reason"], registry=registry)
+        self.wait = Histogram("ticketflow_agent_step_wait_seconds", "From a step being queued (routed, or its "
+                              "tool result back) to its first LLM call, by lane", ["lane"],
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+                              registry=registry)
         self.cascades = Counter("ticketflow_agent_cascade_total", "Steps by the tier whose answer stood",
                                 ["tier"], registry=registry)
+
+    def waited(self, lane: str, seconds: float) -> None:
+        self.wait.labels(lane).observe(seconds)
 
     def observe(self, tenant: str, workflow: str, calls: list[CallRecord], tier: str, escalation: str) -> None:
         for call in calls:

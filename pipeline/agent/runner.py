@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ class StepRun:
     action: Action | None  # None: escalate with ``escalation``
     escalation: str = ""
     tier: str = ""  # the tier whose reply stands
+    started_ms: int = 0  # wall clock when the step began (past the lane gate)
 
 
 class StepRunner:
@@ -158,6 +160,12 @@ class StepRunner:
         return None
 
     async def run(self, step: AgentStep) -> StepRun:
+        started = int(time.time() * 1000)
+        run = await self._run(step)
+        run.started_ms = started
+        return run
+
+    async def _run(self, step: AgentStep) -> StepRun:
         stop = self.guardrail(step)
         if stop is not None:
             return StepRun([], None, stop)
@@ -248,9 +256,7 @@ class StepRunner:
             await self._wait_for_rate(model)
             retry_after: float | None = None
             try:
-                response = await asyncio.wait_for(self.provider.complete(request), self.limits.call_timeout_s)
-            except MalformedOutput as exc:
-                response = exc.response  # served and billed: record it, the workflow rejects it
+                response = await asyncio.wait_for(self._served(request, call_key, model), self.limits.call_timeout_s)
             except (ProviderError, TimeoutError) as exc:
                 error = exc if isinstance(exc, ProviderError) else ProviderTimeout("call timed out")
                 self.budgets.settle(step.tenant_id, step.ticket_id, reservation, 0)
@@ -265,9 +271,6 @@ class StepRunner:
                     return record
                 await self.sleep(delay)
                 continue
-            # Priced by the model asked for: a provider may answer with a dated snapshot name.
-            response = dataclasses.replace(response, extra={**response.extra, "requested_model": model})
-            response = self.store.put(call_key, response)  # recorded before the step's output commits
             record.response = response
             record.cost_micros = self.pricing.cost_micros(model, response.tokens_in, response.tokens_out,
                                                           response.tokens_cached)
@@ -276,6 +279,18 @@ class StepRunner:
             record.outcome = "ok"
             return record
         return record
+
+    async def _served(self, request: LLMRequest, call_key: str, model: str) -> LLMResponse:
+        """The provider's reply, recorded under the call in the same task the moment it arrives
+        (no other task runs between the reply and the record: a crash in between is as
+        unlikely as it can be made), before the step's output can commit."""
+        try:
+            response = await self.provider.complete(request)
+        except MalformedOutput as exc:
+            response = exc.response  # served and billed: record it, the workflow rejects it
+        # Priced by the model asked for: a provider may answer with a dated snapshot name.
+        response = dataclasses.replace(response, extra={**response.extra, "requested_model": model})
+        return self.store.put(call_key, response)
 
     async def _wait_for_rate(self, model: str) -> None:
         if self.limiter is None:

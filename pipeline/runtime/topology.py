@@ -131,7 +131,9 @@ def _rulebook(ctx: WorkerContext) -> RuleBook:
 
 def _cache(ctx: WorkerContext) -> list[Binding]:
     cache: SemanticCache = ctx.shared("cache", lambda: _semantic_cache(ctx))
-    lookup = CacheLookup(cache, SystemClock())
+    from pipeline.llm.pricing import PricingTable
+
+    lookup = CacheLookup(cache, SystemClock(), PricingTable.load(ctx.settings.pricing_file))
     # An embedded replica reads every update in a group of its own; a shared server, once.
     follower_name = "cache-index" if ctx.settings.qdrant_url else f"cache-index.{ctx.instance_id}"
     follower = CacheFollower(cache, follower_name)

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.client import TicketflowClient
-from pipeline.events import TicketSubmitted, to_record
+from pipeline.events import TicketSubmitted, UsageRecord, to_record
+from pipeline.llm.tokens import count_tokens
 from pipeline.malformed import KINDS, malformed_records
 from pipeline.settings import Settings
+from processors.cache import cache_text
 from tests.helpers import WorkerProcess, dead_letters, response_counts, sample_tickets
 
 pytestmark = pytest.mark.integration
@@ -37,6 +39,11 @@ def test_thousand_tickets_all_resolved_once(settings: Settings, tmp_path: Path) 
     assert len(counts) == 1000, f"lost {1000 - len(counts)}"
     assert set(counts.values()) == {1}, "duplicates on the egress"
     assert dead_letters(client) == []
+    # every embedding batch is a usage record: together they count each ticket's text once
+    batches = [u for u in client.events("llm.usage", UsageRecord, timeout_s=10) if u.kind == "embedding"]
+    assert batches and len({u.record_id for u in batches}) == len(batches)
+    assert {(u.tenant_id, u.provider, u.workflow) for u in batches} == {("acme", "local", "cache")}
+    assert sum(u.tokens_in for u in batches) == sum(count_tokens(cache_text(t)) for t in tickets)
 
 
 def test_malformed_records_are_dead_lettered_and_the_stream_keeps_flowing(
