@@ -13,10 +13,10 @@ import pytest
 
 from pipeline.adapters.redis_kb import RedisKbVersions
 from pipeline.client import TicketflowClient
-from pipeline.events import CacheUpdate, TicketResolved, TicketSubmitted, to_record
+from pipeline.events import CacheUpdate, TicketResolved, TicketSubmitted, UsageRecord, to_record
 from pipeline.runtime.topology import redis_client
 from pipeline.settings import Settings
-from tests.helpers import WorkerProcess, records_seen, worker_env
+from tests.helpers import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,9 @@ def test_a_resolved_answer_is_served_again_from_cache_and_only_to_its_tenant(
     assert hit.cache_similarity is not None and hit.cache_similarity > 0.99
     assert (hit.tokens_in, hit.tokens_out, hit.cost_micros, hit.models, hit.steps) == (0, 0, 0, [], 0)
     assert "cache" in hit.stage_latency_ms
-    assert records_seen(client, "llm.usage", "read_committed") == 0
+    # no LLM call for a hit: the only usage is the cache stage's own embedding of the question
+    usage = client.events("llm.usage", UsageRecord, timeout_s=5)
+    assert usage and {(u.kind, u.provider, u.workflow) for u in usage} == {("embedding", "local", "cache")}
 
     other = answer(client, "globex", QUESTION)
     assert other.path != "cache", "another tenant was served acme's answer"
