@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     agent_max_cost_micros: int = Field(default=60_000, ge=1)
     agent_interactive_concurrency: int = Field(default=512, ge=1)
     agent_batch_concurrency: int = Field(default=64, ge=1)
+    agent_batch_models: dict[str, str] = Field(
+        default_factory=dict, description="TICKETFLOW_AGENT_BATCH_MODELS: JSON {tier: model} for the batch lane "
+        "(cheapest first; e.g. cheaper models for backfills); empty: the interactive lane's tiers")
+    llm_batch_rate_share: float = Field(default=0.5, gt=0, le=1, description="TICKETFLOW_LLM_BATCH_RATE_SHARE: the "
+                                        "share of each provider's rate limit the batch lane may use")
     cascade_min_confidence: dict[str, float] = Field(
         default_factory=lambda: {"cheap": 0.80, "mid": 0.72},
         description="TICKETFLOW_CASCADE_MIN_CONFIDENCE: JSON {tier: confidence below which a tier's answer "

@@ -1,5 +1,5 @@
 """An asyncio event loop on its own thread, where a worker's LLM calls are in flight, and the
-gate that lets the batch lane run only while no interactive work waits."""
+gate that lets the batch lane start work only while no interactive work waits."""
 
 from __future__ import annotations
 
@@ -35,21 +35,25 @@ class LoopThread:
 
 
 class LaneGate:
-    """Interactive work goes first: while any interactive step is in flight in this worker,
-    batch steps wait before their next call (and at most ``batch_concurrency`` run at once)."""
+    """Interactive work goes first. Each lane has its own concurrency limit; a batch step
+    starts only while no interactive step waits for a slot in this worker, so interactive
+    steps never queue behind batch ones, and the batch lane keeps moving while interactive
+    work is in flight below its limit (it is not starved by a steady interactive stream).
+    Across workers, the batch lane's share of each provider's rate limit is capped as well
+    (:class:`~pipeline.agent.runner.StepRunner`)."""
 
     def __init__(self, interactive_concurrency: int, batch_concurrency: int) -> None:
         self.interactive_concurrency = interactive_concurrency
         self.batch_concurrency = batch_concurrency
-        self._interactive = 0
-        self._idle: asyncio.Event | None = None
+        self.interactive_waiting = 0
+        self._clear: asyncio.Event | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
 
     def _event(self) -> asyncio.Event:
-        if self._idle is None:
-            self._idle = asyncio.Event()
-            self._idle.set()
-        return self._idle
+        if self._clear is None:
+            self._clear = asyncio.Event()
+            self._clear.set()
+        return self._clear
 
     def _semaphore(self, lane: str) -> asyncio.Semaphore:
         if lane not in self._slots:
@@ -58,21 +62,28 @@ class LaneGate:
         return self._slots[lane]
 
     async def run(self, lane: str, work: Coroutine[Any, Any, T]) -> T:
-        idle = self._event()
+        clear = self._event()
         if lane == "interactive":
-            self._interactive += 1
-            idle.clear()
+            self.interactive_waiting += 1
+            clear.clear()
+            admitted = False
             try:
                 async with self._semaphore(lane):
+                    admitted = True
+                    self._admitted()
                     return await work
             finally:
+                if not admitted:
+                    self._admitted()
                 work.close()  # cancelled while waiting: never started (a no-op once it ran)
-                self._interactive -= 1
-                if self._interactive == 0:
-                    idle.set()
         try:
             async with self._semaphore(lane):
-                await idle.wait()
+                await clear.wait()
                 return await work
         finally:
             work.close()  # cancelled while waiting: never started (a no-op once it ran)
+
+    def _admitted(self) -> None:
+        self.interactive_waiting -= 1
+        if self.interactive_waiting == 0:
+            self._event().set()

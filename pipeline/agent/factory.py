@@ -42,6 +42,7 @@ def tiers(settings: Settings) -> dict[str, str]:
 def build_runner(settings: Settings, client: redis.Redis[bytes], tools: ToolRegistry,
                  intents: Collection[str]) -> StepRunner:
     prefix = settings.redis_key_prefix()
+    share = settings.llm_batch_rate_share
 
     def definitions(allowed: Collection[str]) -> tuple[ToolDefinition, ...]:
         return tool_definitions([tools.spec(name) for name in allowed if name in tools.names()])
@@ -71,4 +72,9 @@ def build_runner(settings: Settings, client: redis.Redis[bytes], tools: ToolRegi
                                if settings.llm_provider == "simulated" else 0.25, cap_s=4.0),
         breaker=lambda key: CircuitBreaker(settings.llm_breaker_failures, settings.llm_breaker_cooldown_s),
         seed=settings.sim_seed,
+        lane_models={"batch": settings.agent_batch_models} if settings.agent_batch_models else None,
+        # The batch lane may take this share of a provider's rate limit, the rest stays for
+        # interactive calls (its own GCRA keys, shared by all workers, charged before the common ones).
+        batch_limiter=RedisRateLimiter(client, f"{prefix}batch:", settings.llm_rate_per_s * share,
+                                       max(1, int(settings.llm_rate_burst * share))),
     )

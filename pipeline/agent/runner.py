@@ -118,9 +118,13 @@ class StepRunner:
                  limits: Limits | None = None,
                  cascade: CascadePolicy | None = None, schedule: RetrySchedule | None = None,
                  breaker: Callable[[str], CircuitBreaker] | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, seed: int = 0) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, seed: int = 0,
+                 lane_models: dict[str, dict[str, str]] | None = None,
+                 batch_limiter: RateLimiter | None = None) -> None:
         self.provider = provider
         self.models = models  # tier -> model
+        self.lane_models = lane_models or {}  # a lane's own tiers (e.g. batch), else ``models``
+        self.batch_limiter = batch_limiter  # the batch lane's share of each provider's rate limit
         self.fallback_model = fallback_model
         self.pricing = pricing
         self.store = store
@@ -169,9 +173,10 @@ class StepRunner:
         stop = self.guardrail(step)
         if stop is not None:
             return StepRun([], None, stop)
-        ladder = list(self.models)  # cheapest first; the last tier is the top
+        models = self.models_for(step.lane)
+        ladder = list(models)  # cheapest first; the last tier is the top
         routed = read_facts(step.transcript).get("intent")
-        index = ladder.index(step.model_tier) if step.model_tier in self.models else len(ladder) - 1
+        index = ladder.index(step.model_tier) if step.model_tier in models else len(ladder) - 1
         calls: list[CallRecord] = []
         action: Action | None = None
         while True:
@@ -226,7 +231,7 @@ class StepRunner:
             await self.sleep(0.05)
 
     async def _call(self, step: AgentStep, tier: str, call_key: str) -> CallRecord:
-        primary = self.models[tier]
+        primary = self.models_for(step.lane)[tier]
         ticket_limit = self.ticket_budgets.get(step.budget_profile, self.ticket_budgets.get("default", 0))
         tenant_limit = self.tenant_budget(step.tenant_id)
         tools = self.tools(offered_tools(step))
@@ -253,7 +258,9 @@ class StepRunner:
             if not getattr(granted, "granted", True):
                 record.outcome = f"budget: {getattr(granted, 'reason', 'refused')}"
                 return record
-            await self._wait_for_rate(model)
+            if step.lane == "batch" and self.batch_limiter is not None:
+                await self._wait_for_rate(model, self.batch_limiter)  # the batch lane's share first
+            await self._wait_for_rate(model, self.limiter)
             retry_after: float | None = None
             try:
                 response = await asyncio.wait_for(self._served(request, call_key, model), self.limits.call_timeout_s)
@@ -292,11 +299,14 @@ class StepRunner:
         response = dataclasses.replace(response, extra={**response.extra, "requested_model": model})
         return self.store.put(call_key, response)
 
-    async def _wait_for_rate(self, model: str) -> None:
-        if self.limiter is None:
+    def models_for(self, lane: str) -> dict[str, str]:
+        return self.lane_models.get(lane) or self.models
+
+    async def _wait_for_rate(self, model: str, limiter: RateLimiter | None) -> None:
+        if limiter is None:
             return
         while True:
-            wait = self.limiter.acquire(self.provider.name, model)
+            wait = limiter.acquire(self.provider.name, model)
             if wait <= 0:
                 return
             await self.sleep(min(wait, 1.0))

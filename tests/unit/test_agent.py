@@ -7,6 +7,7 @@ import asyncio
 import json
 from decimal import Decimal
 
+from pipeline.agent.aio import LaneGate
 from pipeline.agent.machine import CascadePolicy, Final, Reject, UseTool, Verdict, interpret
 from pipeline.agent.prompt import FACTS_PREFIX, bind_arguments, system_prompt, tool_definitions
 from pipeline.agent.runner import Limits, StepRunner
@@ -268,3 +269,52 @@ def test_the_customer_id_of_a_tool_call_is_the_tickets_never_the_models() -> Non
     # no signed-in customer: the argument stays missing, and the tool's schema check refuses the call
     unbound = json.loads(bind_arguments(forged, CARD_STATUS, {"customer_id": None}))
     assert unbound == {"card_last4": "4242"} and list(CARD_STATUS.validator.iter_errors(unbound))
+
+
+# -- lanes ----------------------------------------------------------------------------------
+
+def test_batch_steps_wait_while_interactive_steps_wait_but_are_not_starved_by_them() -> None:
+    async def scenario() -> list[str]:
+        gate = LaneGate(interactive_concurrency=1, batch_concurrency=4)
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def work(name: str, hold: bool = False) -> None:
+            order.append(f"start {name}")
+            if hold:
+                await release.wait()
+
+        first = asyncio.ensure_future(gate.run("interactive", work("i1", hold=True)))
+        await asyncio.sleep(0)
+        batch_1 = asyncio.ensure_future(gate.run("batch", work("b1")))
+        await asyncio.sleep(0.01)
+        # i1 in flight, nobody waiting: batch runs beside it (no starvation under steady interactive load)
+        assert order == ["start i1", "start b1"]
+        waiting = asyncio.ensure_future(gate.run("interactive", work("i2")))
+        batch_2 = asyncio.ensure_future(gate.run("batch", work("b2")))
+        await asyncio.sleep(0.01)
+        assert gate.interactive_waiting == 1 and order == ["start i1", "start b1"]  # b2 yields to i2
+        release.set()
+        await asyncio.gather(first, batch_1, waiting, batch_2)
+        return order
+
+    assert asyncio.run(scenario()) == ["start i1", "start b1", "start i2", "start b2"]
+
+
+def test_the_batch_lane_has_its_own_models_and_its_share_of_the_rate_limit() -> None:
+    class Limiter:
+        def __init__(self) -> None:
+            self.keys: list[str] = []
+
+        def acquire(self, provider: str, model: str) -> float:
+            self.keys.append(model)
+            return 0.0
+
+    provider = Scripted({"nano": [reply(json.dumps({"resolution_key": "exchange_rate", "answer": "a",
+                                                     "confidence": 0.99}))]})
+    shared, batch_share = Limiter(), Limiter()
+    run = runner(provider, lane_models={"batch": {"cheap": "nano", "strong": "big"}}, batch_limiter=batch_share)
+    run.limiter = shared
+    done = asyncio.run(run.run(step(lane="batch")))
+    assert done.calls[0].model == "nano" and provider.calls == ["nano"]  # not the interactive lane's "mini"
+    assert batch_share.keys == ["nano"] and shared.keys == ["nano"]  # batch: its share, then the common limit
