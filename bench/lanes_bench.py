@@ -32,29 +32,26 @@ import numpy as np
 
 from pipeline import services
 from pipeline.admin import apply_topics, delete_topics
-from pipeline.agent.prompt import facts_message
 from pipeline.client import TicketflowClient
 from pipeline.datasets import LabelledQuery, banking77_split
 from pipeline.demo import start_workers, stop_workers, warm_up
-from pipeline.events import AgentStep, Message, TicketResolved, TicketSubmitted
-from pipeline.serde import pack
+from pipeline.events import AgentStep, TicketResolved, TicketSubmitted
 from pipeline.settings import Settings, load_settings
+from processors.router import first_step
 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def first_step(ticket_id: str, lane: Literal["interactive", "batch"], query: LabelledQuery, others: list[str],
-               now_ms: int) -> AgentStep:
+def make_step(ticket_id: str, lane: Literal["interactive", "batch"], query: LabelledQuery, others: list[str],
+              now_ms: int) -> AgentStep:
     """The router's first step for an abstained ticket (fallback route, no tools)."""
     ticket = TicketSubmitted(ticket_id=ticket_id, tenant_id="lanes", body=query.text, lane=lane, created_at=now_ms,
                              stage_times={"router": now_ms})
     facts: dict[str, Any] = {"route": "fallback_agent", "intent": None, "tool_calls": 0, "signed_in": False,
                              "entities": {}, "candidates": [query.label, *others]}
-    return AgentStep(step_id=f"{ticket_id}:0", ticket_id=ticket_id, tenant_id="lanes", workflow="fallback_agent",
-                     step=0, ticket=pack(ticket), lane=lane, model_tier="cheap", allowed_tools=[],
-                     transcript=[facts_message(facts), Message("user", query.text)], stage_times={"router": now_ms})
+    return first_step(ticket, "fallback_agent", lane, "cheap", [], "default", facts)
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -91,7 +88,7 @@ def run(settings: Settings, batch: int, interactive: int, rate: float, timeout_s
         for i in range(batch):
             query = held[i % len(held)]
             others = [label for label in labels[(i % 70):(i % 70) + 5] if label != query.label][:4]
-            client.send("agent.steps.batch", f"b-{run_id}-{i}", first_step(f"b-{run_id}-{i}", "batch", query, others,
+            client.send("agent.steps.batch", f"b-{run_id}-{i}", make_step(f"b-{run_id}-{i}", "batch", query, others,
                                                                            now))
         client.flush()
         say(f"lanes: {batch} batch steps queued in {time.monotonic() - started:.1f} s; "
@@ -100,7 +97,7 @@ def run(settings: Settings, batch: int, interactive: int, rate: float, timeout_s
             query = held[(i * 7 + 3) % len(held)]
             others = [label for label in labels[(i % 70):(i % 70) + 5] if label != query.label][:4]
             client.send("agent.steps.interactive", f"i-{run_id}-{i}",
-                        first_step(f"i-{run_id}-{i}", "interactive", query, others, int(time.time() * 1000)))
+                        make_step(f"i-{run_id}-{i}", "interactive", query, others, int(time.time() * 1000)))
             client.flush()
             time.sleep(1 / rate)
         interactive_sent = time.monotonic() - started

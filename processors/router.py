@@ -20,9 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -57,6 +57,16 @@ class Encoder(Protocol):
     dim: int
 
     def encode_sorted(self, texts: Sequence[str]) -> Vectors: ...
+
+
+def first_step(ticket: TicketSubmitted, workflow: str, lane: Literal["interactive", "batch"], tier: str,
+               tools: list[str], budget: str, facts: Mapping[str, object]) -> AgentStep:
+    """The first ``AgentStep`` of a ticket: the router's facts and the ticket's own text."""
+    return AgentStep(step_id=f"{ticket.ticket_id}:0", ticket_id=ticket.ticket_id, tenant_id=ticket.tenant_id,
+                     workflow=workflow, step=0, ticket=pack(ticket), lane=lane, model_tier=tier,
+                     allowed_tools=tools, budget_profile=budget,
+                     transcript=[facts_message(facts), Message("user", original_text(ticket))],
+                     stage_times=ticket.stage_times, replay_tag=ticket.replay_tag)
 
 
 def agent_facts(decision: RouteDecision) -> dict[str, object]:
@@ -160,13 +170,8 @@ class Router:
             resolved = escalate(ticket, f"{AGENT_UNAVAILABLE}: route {rule.name}", self.name, now)
             return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
         lane = "batch" if ticket.lane == "batch" else rule.lane
-        step = AgentStep(
-            step_id=f"{ticket.ticket_id}:0", ticket_id=ticket.ticket_id, tenant_id=ticket.tenant_id,
-            workflow=rule.name, step=0, ticket=pack(stamped), lane=lane, model_tier=rule.tier,
-            allowed_tools=sorted(rule.allowed_tools), budget_profile=rule.budget,
-            transcript=[facts_message(agent_facts(decision)),
-                        Message("user", original_text(ticket))],
-            stage_times=stamped.stage_times, replay_tag=ticket.replay_tag)
+        step = first_step(stamped, rule.name, lane, rule.tier, sorted(rule.allowed_tools), rule.budget,
+                          agent_facts(decision))
         return Emit((Output(f"agent.steps.{lane}", ticket.ticket_id, step),))
 
 
