@@ -42,7 +42,15 @@ import numpy as np
 
 from pipeline.agent.factory import tiers
 from pipeline.agent.machine import CascadePolicy, Final, interpret
-from pipeline.agent.prompt import build_request, facts_message, read_facts, system_prompt
+from pipeline.agent.prompt import (
+    CLASSIFY_PROMPT,
+    KEY_SCHEMA,
+    build_request,
+    classifying,
+    facts_message,
+    read_facts,
+    system_prompt,
+)
 from pipeline.cache.factory import build_embedder
 from pipeline.cache.semantic_cache import PolicyBook
 from pipeline.datasets import LabelledQuery, banking77_split, split_by_label
@@ -106,7 +114,9 @@ async def ask_all(provider: LLMProvider, models: dict[str, str], steps: list[Age
     answers: dict[str, list[LLMResponse]] = {}
     for tier, model in models.items():
         say(f"calibration: asking the {tier} tier ({model}) {len(steps)} tickets...")
-        requests = [build_request(s, model, system, (), f"{s.step_id}:{tier}:1", 400) for s in steps]
+        requests = [build_request(s, model, CLASSIFY_PROMPT, (), f"{s.step_id}:{tier}:1", 40, KEY_SCHEMA)
+                    if classifying(s) else build_request(s, model, system, (), f"{s.step_id}:{tier}:1", 400)
+                    for s in steps]
         answers[tier] = list(await asyncio.gather(*(provider.complete(r) for r in requests)))
     return answers
 
@@ -133,7 +143,7 @@ def calibrate(settings: Settings, provider: LLMProvider) -> dict[str, Any]:
     top = list(models)[-1]
     replies: dict[str, list[Final | None]] = {}
     for tier, responses in answers.items():
-        actions = [interpret(r, (), known) for r in responses]
+        actions = [interpret(r, (), known, classifying(s)) for r, (_, s) in zip(responses, picked, strict=True)]
         replies[tier] = [a if isinstance(a, Final) else None for a in actions]
 
     def right(tier: str) -> np.ndarray:

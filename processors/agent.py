@@ -1,6 +1,12 @@
 """Agent: one LLM step per ``AgentStep``; tool calls out on ``tools.calls``, results back as
 the next step; a final answer is a ``TicketResolved`` with path ``agent``.
 
+A route that says ``classify`` (the fallback, where the router's classifier abstained) has
+a first step that only picks the intent among the router's shortlist (structured output:
+key and confidence, a few tokens); that intent's rule answers with its template, or the
+agent goes on with the intent known (a lookup, a judgement route). The cascade judges the
+pick as it judges an answer.
+
 A tool call's ``customer_id`` is the ticket's, set by code (the model is not shown the
 parameter): the agent cannot look up or act for another customer.
 
@@ -29,20 +35,25 @@ from concurrent.futures import Future
 from pipeline.agent.aio import LaneGate, LoopThread
 from pipeline.agent.machine import Final, UseTool
 from pipeline.agent.metrics import AgentMetrics
-from pipeline.agent.prompt import bind_arguments
+from pipeline.agent.prompt import bind_arguments, classifying, facts_message, read_facts
 from pipeline.agent.runner import CallRecord, StepRun, StepRunner
 from pipeline.events import AgentStep, Message, TicketResolved, TicketSubmitted, ToolCall, ToolResult, UsageRecord
 from pipeline.processing import Clock, Emit, Outcome, Output
+from pipeline.routing.classifier import IntentDecision
+from pipeline.routing.engine import route
+from pipeline.routing.rulebook import RuleBook
 from pipeline.serde import pack, unpack
 from pipeline.tools.registry import ToolRegistry
 from processors.escalation import HANDOFF_ANSWER, stage_latencies
+from processors.router import original_text, ticket_day
 
 log = logging.getLogger(__name__)
 
 
 class AgentProcessor:
     def __init__(self, lane: str, runner: StepRunner, loop: LoopThread, gate: LaneGate, clock: Clock,
-                 tools: ToolRegistry, metrics: AgentMetrics | None = None) -> None:
+                 tools: ToolRegistry, book: RuleBook, metrics: AgentMetrics | None = None) -> None:
+        self.book = book  # a classifying step's intent goes to its rule
         self.tools = tools  # for the parameters bound from the ticket (customer_id)
         self.lane = lane
         self.metrics = metrics
@@ -106,9 +117,39 @@ class AgentProcessor:
             outputs.append(Output("tools.calls", step.ticket_id, tool_call))
             return Emit(tuple(outputs))
         answering = served[-1] if served else None
+        if isinstance(action, Final) and classifying(step):
+            outputs.append(self.classified(step, totals, run, action, ticket, now, answering))
+            return Emit(tuple(outputs))
         resolved = _resolution(ticket, totals, run, now, answering)
         outputs.append(Output("tickets.responses", step.ticket_id, resolved))
         return Emit(tuple(outputs))
+
+    def classified(self, step: AgentStep, totals: AgentStep, run: StepRun, action: Final, ticket: TicketSubmitted,
+                   now: int, answering: CallRecord | None) -> Output:
+        """After a classifying step: the picked intent's rule answers (a template, no further
+        LLM call), or the agent goes on with the intent known (a lookup or judgement route)."""
+        key = action.resolution_key
+        decision = route(self.book, IntentDecision(key, "agent", None, key, (key,)), original_text(ticket),
+                         ticket.customer_id, ticket_day(ticket, now))
+        rule = decision.rule
+        if decision.kind == "template" and rule is not None and decision.answer:
+            answered = dataclasses.replace(run, action=Final(key, decision.answer, action.confidence))
+            resolved = dataclasses.replace(_resolution(ticket, totals, answered, now, answering),
+                                           cacheable=rule.generic)
+            return Output("tickets.responses", step.ticket_id, resolved)
+        if decision.kind == "escalate" or rule is None:
+            refused = dataclasses.replace(run, action=None, escalation=decision.reason)
+            return Output("tickets.responses", step.ticket_id, _resolution(ticket, totals, refused, now, answering))
+        facts = {**read_facts(step.transcript), "intent": key, "candidates": [key], "classify": False}
+        following = dataclasses.replace(
+            totals, step=step.step + 1, step_id=f"{step.ticket_id}:{step.step + 1}",
+            stage_times={**totals.stage_times, f"agent:{step.step}": now})
+        if decision.kind == "agent":  # a judgement route: its tools, tier and budget from now on
+            facts = {**facts, "route": rule.name, "tool_calls": rule.tool_calls}
+            following = dataclasses.replace(following, workflow=rule.name, model_tier=rule.tier,
+                                            allowed_tools=sorted(rule.allowed_tools), budget_profile=rule.budget)
+        following = dataclasses.replace(following, transcript=[facts_message(facts), *step.transcript[1:]])
+        return Output(f"agent.steps.{step.lane}", step.ticket_id, following)
 
 
 def _resolution(ticket: TicketSubmitted, totals: AgentStep, run: StepRun, now: int,

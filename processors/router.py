@@ -78,6 +78,7 @@ def agent_facts(decision: RouteDecision) -> dict[str, object]:
     entities = {k: v for k, v in decision.values.items() if k not in ("intent", "customer_id")}
     return {"route": decision.rule.name if decision.rule else None, "intent": decision.intent.intent,
             "tool_calls": decision.rule.tool_calls if decision.rule else 0,
+            "classify": bool(decision.rule and decision.rule.classify),
             "candidates": list(decision.intent.candidates), "signed_in": "customer_id" in decision.values,
             "entities": entities}
 

@@ -35,8 +35,10 @@ class Reject:
 Action = Final | UseTool | Reject
 
 
-def interpret(response: LLMResponse, allowed_tools: Collection[str], known_keys: Collection[str]) -> Action:
-    """A reply as the workflow sees it; anything it cannot use is a :class:`Reject`."""
+def interpret(response: LLMResponse, allowed_tools: Collection[str], known_keys: Collection[str],
+              classify: bool = False) -> Action:
+    """A reply as the workflow sees it; anything it cannot use is a :class:`Reject`. A
+    classifying step's reply has no answer (``Final.answer`` is empty): the rules give it."""
     if response.tool_calls:
         call = response.tool_calls[0]
         if call.name not in allowed_tools:
@@ -50,10 +52,11 @@ def interpret(response: LLMResponse, allowed_tools: Collection[str], known_keys:
         return UseTool(call)
     try:
         reply = json.loads(response.text)
-        key, answer, confidence = reply["resolution_key"], reply["answer"], float(reply["confidence"])
+        key, confidence = reply["resolution_key"], float(reply["confidence"])
+        answer = "" if classify else reply["answer"]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         return Reject("invalid_output: not the JSON reply the prompt asks for")
-    if not isinstance(key, str) or not isinstance(answer, str) or not answer.strip():
+    if not isinstance(key, str) or not isinstance(answer, str) or not (classify or answer.strip()):
         return Reject("invalid_output: empty or mistyped fields")
     if key not in known_keys:
         return Reject(f"unknown_resolution_key: {key}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pipeline.agent.machine import Action, CascadePolicy, Final, Reject, interpret
-from pipeline.agent.prompt import build_request, read_facts
+from pipeline.agent.prompt import CLASSIFY_PROMPT, KEY_SCHEMA, build_request, classifying, read_facts
 from pipeline.events import AgentStep
 from pipeline.llm.pricing import PricingTable
 from pipeline.llm.simulated import SimulatedProvider
@@ -189,7 +189,7 @@ class StepRunner:
                     index += 1  # this tier's model is down: the next one answers
                     continue
                 return StepRun(calls, None, _reason(record))
-            action = interpret(record.response, offered_tools(step), self.known_keys)
+            action = interpret(record.response, offered_tools(step), self.known_keys, classifying(step))
             if top:
                 if isinstance(action, Reject):
                     return StepRun(calls, None, f"invalid_output: {action.reason}")
@@ -249,8 +249,7 @@ class StepRunner:
             record.model = model
             record.attempts += 1
             self.store.renew(call_key, self.owner, self.lease_s)
-            request = build_request(step, model, self.system, tools, f"{call_key}:{record.attempts}",
-                                    self.limits.max_output_tokens)
+            request = self.request(step, model, tools, f"{call_key}:{record.attempts}")
             reservation = f"{call_key}:{record.attempts}"
             granted = self.budgets.reserve(step.tenant_id, step.ticket_id, reservation,
                                            self.worst_case_micros(model, request),
@@ -299,6 +298,11 @@ class StepRunner:
         response = dataclasses.replace(response, extra={**response.extra, "requested_model": model})
         return self.store.put(call_key, response)
 
+    def request(self, step: AgentStep, model: str, tools: tuple[ToolDefinition, ...], request_id: str) -> LLMRequest:
+        if classifying(step):  # the intent only: a short prompt, no tools, a few output tokens
+            return build_request(step, model, CLASSIFY_PROMPT, (), request_id, 40, KEY_SCHEMA)
+        return build_request(step, model, self.system, tools, request_id, self.limits.max_output_tokens)
+
     def models_for(self, lane: str) -> dict[str, str]:
         return self.lane_models.get(lane) or self.models
 
@@ -316,6 +320,8 @@ def offered_tools(step: AgentStep) -> list[str]:
     """The tools this step may call: the route's, until the ticket has made as many tool
     calls as the route allows (the router's ``tool_calls`` fact); then none, and the model
     answers from what the tools returned. Code, not the model, ends the gathering."""
+    if classifying(step):
+        return []
     allowed = read_facts(step.transcript).get("tool_calls")
     made = sum(1 for m in step.transcript if m.role == "tool")
     if isinstance(allowed, int) and made >= allowed:

@@ -64,6 +64,9 @@ class OpenAIProvider:
             "max_tokens": request.max_tokens, "temperature": request.temperature, "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if request.response_schema is not None:
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "reply", "schema": request.response_schema, "strict": True}}
         if request.tools:
             kwargs["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                                  "parameters": t.parameters}} for t in request.tools]

@@ -15,6 +15,8 @@ and the same faults. What it models:
   else as another of the keys it was shown (the router's shortlist of candidates when
   there is one), and says how confident it is (lower, on average, when wrong);
 - tools: it calls a lookup first when it has one and the customer is known, then answers;
+  asked for structured output without an answer (a JSON schema with no ``answer``), it
+  replies with the key and its confidence only;
   a "credulous" share of answers to prompt-injected tickets call ``refund`` although it is
   not among the tools offered (the agent must refuse it);
 - faults (``fault_rate``): 429 with Retry-After, 5xx, timeouts, and malformed tool-call
@@ -172,6 +174,9 @@ class SimulatedProvider:
         others = shown or [i for i in self.intents if i != nearest] or ["unknown"]
         intent = nearest if right and nearest is not None else rng.choice(others)
         confidence = round(rng.uniform(0.72, 0.99) if right else rng.uniform(0.30, 0.80), 2)
+        if request.response_schema is not None and "answer" not in request.response_schema.get("properties", {}):
+            # structured output without an answer (a classifying step): the key and the confidence only
+            return json.dumps({"resolution_key": intent, "confidence": confidence}), (), {"right": right}
         looked_up = f" I checked your account: {results[-1].content[:160]}" if results else ""
         topic = intent.replace("_", " ")
         body = (f"Thank you for reaching out about this. Here is what applies to your case ({topic})."

@@ -33,6 +33,7 @@ class LLMRequest:
     max_tokens: int = 400
     temperature: float = 0.0
     request_id: str = ""  # the step id and tier: simulated faults and answers are keyed by it
+    response_schema: dict[str, Any] | None = None  # a JSON schema the reply must follow (structured output)
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,23 +85,30 @@ class RouteEngine:
 
     def decide_with(self, intent: IntentDecision, original: str, customer_id: str | None,
                     today: date) -> RouteDecision:
-        entities = extract(original, today)
-        values = entity_values(entities, customer_id)
-        if intent.intent is not None:
-            values["intent"] = intent.intent
-        rule = self.book.match(intent.intent, values)
-        if rule is None:
-            why = f"no rule for intent {intent.intent}" if intent.intent else f"intent unclear ({intent.reason})"
-            return RouteDecision("escalate", intent, entities, values, reason=f"no_route: {why}")
-        scope = {**values, "intent": values.get("intent", rule.intent or "unknown")}
-        what = f"rule {rule.name} (line {rule.line})"
-        if rule.action == "template":
-            assert rule.template is not None
-            return RouteDecision("template", intent, entities, values, rule, answer=render(rule.template, scope),
-                                 reason=what)
-        if rule.action == "tool":
-            arguments = {name: render(value, scope) for name, value in rule.arguments}
-            return RouteDecision("tool", intent, entities, values, rule, arguments=arguments,
-                                 reason=f"{what}: call {rule.tool}")
-        return RouteDecision("agent", intent, entities, values, rule,
-                             reason=f"{what}: agent, {rule.tier} tier, {rule.lane} lane")
+        return route(self.book, intent, original, customer_id, today)
+
+
+def route(book: RuleBook, intent: IntentDecision, original: str, customer_id: str | None,
+          today: date) -> RouteDecision:
+    """The first matching rule for an intent decision (the classifier's, or the agent's when
+    the classifier abstained), with the entities of the original text."""
+    entities = extract(original, today)
+    values = entity_values(entities, customer_id)
+    if intent.intent is not None:
+        values["intent"] = intent.intent
+    rule = book.match(intent.intent, values)
+    if rule is None:
+        why = f"no rule for intent {intent.intent}" if intent.intent else f"intent unclear ({intent.reason})"
+        return RouteDecision("escalate", intent, entities, values, reason=f"no_route: {why}")
+    scope = {**values, "intent": values.get("intent", rule.intent or "unknown")}
+    what = f"rule {rule.name} (line {rule.line})"
+    if rule.action == "template":
+        assert rule.template is not None
+        return RouteDecision("template", intent, entities, values, rule, answer=render(rule.template, scope),
+                             reason=what)
+    if rule.action == "tool":
+        arguments = {name: render(value, scope) for name, value in rule.arguments}
+        return RouteDecision("tool", intent, entities, values, rule, arguments=arguments,
+                             reason=f"{what}: call {rule.tool}")
+    return RouteDecision("agent", intent, entities, values, rule,
+                         reason=f"{what}: agent, {rule.tier} tier, {rule.lane} lane")

@@ -58,6 +58,7 @@ class Rule:
     budget: str = "default"
     tools: tuple[str, ...] = ()
     tool_calls: int = 1  # agent: tool calls a ticket may make; then its steps are offered no tools
+    classify: bool = False  # agent: the first step only picks the intent; the rules take it from there
 
     @property
     def allowed_tools(self) -> frozenset[str]:
@@ -129,7 +130,7 @@ def _rule(raw: dict[str, Any], line: int) -> Rule:
         entities=tuple(when.get("entities", ())), template=raw.get("template"), tool=raw.get("tool"),
         arguments=tuple(sorted((raw.get("arguments") or {}).items())), lane=raw.get("lane", "interactive"),
         tier=raw.get("tier", "cheap"), budget=raw.get("budget", "default"), tools=tuple(raw.get("tools", ())),
-        tool_calls=raw.get("tool_calls", 1),
+        tool_calls=raw.get("tool_calls", 1), classify=raw.get("classify", False),
     )
 
 

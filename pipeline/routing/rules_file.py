@@ -48,6 +48,7 @@ RULES_SCHEMA: dict[str, Any] = {
                 "lane": {"enum": ["interactive", "batch"]},
                 "tier": {"enum": ["cheap", "mid", "strong"]},
                 "tool_calls": {"type": "integer", "minimum": 0},
+                "classify": {"type": "boolean"},
                 "budget": {"type": "string"},
                 "tools": {"type": "array", "items": {"type": "string"}},
             },

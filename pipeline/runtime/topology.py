@@ -196,7 +196,7 @@ def _agent(ctx: WorkerContext) -> list[Binding]:
     metrics = AgentMetrics(ctx.registry)
     bindings = []
     for lane in ("interactive", "batch"):
-        processor = AgentProcessor(lane, runner, loop, gate, SystemClock(), _tools(ctx), metrics)
+        processor = AgentProcessor(lane, runner, loop, gate, SystemClock(), _tools(ctx), _rulebook(ctx), metrics)
         # Pipelined: steps start as they arrive and commit as they finish (in offset order).
         in_flight = settings.agent_interactive_concurrency if lane == "interactive" else 4 * gate.batch_concurrency
         bindings.append(Binding(processor.name, (f"agent.steps.{lane}",), "AgentStep", AgentStep.from_record,
