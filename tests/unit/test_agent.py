@@ -9,9 +9,9 @@ from decimal import Decimal
 
 from pipeline.agent.aio import LaneGate
 from pipeline.agent.machine import CascadePolicy, Final, Reject, UseTool, Verdict, interpret
-from pipeline.agent.prompt import FACTS_PREFIX, bind_arguments, system_prompt, tool_definitions
-from pipeline.agent.runner import Limits, StepRunner
-from pipeline.events import AgentStep, Message
+from pipeline.agent.prompt import FACTS_PREFIX, bind_arguments, classifying, read_facts, system_prompt, tool_definitions
+from pipeline.agent.runner import Limits, StepRunner, offered_tools
+from pipeline.events import AgentStep, Message, TicketResolved, TicketSubmitted
 from pipeline.llm.pricing import Price, PricingTable
 from pipeline.llm.simulated import MemoryBilling, SimulatedProvider
 from pipeline.llm.types import (
@@ -21,6 +21,7 @@ from pipeline.llm.types import (
     RateLimited,
     RequestedToolCall,
 )
+from pipeline.processing import Emit
 from pipeline.resilience import CircuitBreaker, RetrySchedule
 from pipeline.tools.banking import CARD_STATUS, TOP_UP_STATUS, TRANSFER_STATUS
 from tests.fakes import MemoryStepResults
@@ -318,3 +319,48 @@ def test_the_batch_lane_has_its_own_models_and_its_share_of_the_rate_limit() -> 
     done = asyncio.run(run.run(step(lane="batch")))
     assert done.calls[0].model == "nano" and provider.calls == ["nano"]  # not the interactive lane's "mini"
     assert batch_share.keys == ["nano"] and shared.keys == ["nano"]  # batch: its share, then the common limit
+
+
+# -- a classifying first step (the router abstained) ----------------------------------------
+
+def classified(key: str, customer: str | None = None) -> list[tuple[str, object]]:
+    from pipeline.adapters.sql_bank import SqlBank
+    from pipeline.agent.runner import StepRun
+    from pipeline.routing.factory import BANKING77_RULES
+    from pipeline.routing.rulebook import RuleBook
+    from pipeline.tools.banking import banking_tools
+    from processors.agent import AgentProcessor
+    from processors.router import first_step
+    from tests.fakes import FixedClock
+
+    tools = banking_tools(SqlBank("sqlite://"))
+    processor = AgentProcessor("interactive", None, None, None, FixedClock(), tools,  # type: ignore[arg-type]
+                               RuleBook.load(BANKING77_RULES, tools))
+    ticket = TicketSubmitted(ticket_id="t-9", tenant_id="acme", body="my card thing", customer_id=customer,
+                             created_at=1_799_999_999_000, stage_times={"router": 1_799_999_999_500})
+    facts: dict[str, object] = {"route": "fallback_agent", "intent": None, "tool_calls": 1, "classify": True,
+                                "signed_in": bool(customer), "entities": {}, "candidates": [key, "card_arrival"]}
+    step = first_step(ticket, "fallback_agent", "interactive", "cheap", LOOKUPS, "default", facts)
+    assert classifying(step) and not offered_tools(step)  # a classifying step offers no tools
+    run = StepRun([], Final(key, "", 0.93), tier="cheap", started_ms=1_799_999_999_600)
+    outcome = processor.finish(step, run)
+    assert isinstance(outcome, Emit)
+    return [(o.topic, o.event) for o in outcome.outputs]
+
+
+def test_a_classified_intent_with_a_template_is_answered_by_the_rule_without_another_call() -> None:
+    [(topic, resolved)] = classified("exchange_rate")
+    assert topic == "tickets.responses" and isinstance(resolved, TicketResolved)
+    assert (resolved.path, resolved.resolution_key, resolved.cacheable) == ("agent", "exchange_rate", True)
+    assert "exchange rate" in resolved.answer.lower() and "agent-start:0" in resolved.stage_latency_ms
+
+
+def test_a_classified_judgement_intent_continues_on_its_own_route_with_the_intent_known() -> None:
+    [(topic, following)] = classified("lost_or_stolen_card", customer="C-00001")
+    assert topic == "agent.steps.interactive" and isinstance(following, AgentStep)
+    assert (following.step, following.workflow, following.budget_profile) == (1, "lost_or_stolen_card", "urgent")
+    assert following.allowed_tools == ["card_status", "freeze_card"]
+    facts = read_facts(following.transcript)
+    assert (facts["intent"], facts["candidates"], facts["classify"], facts["tool_calls"]) == (
+        "lost_or_stolen_card", ["lost_or_stolen_card"], False, 2)
+    assert not classifying(following) and offered_tools(following) == ["card_status", "freeze_card"]
