@@ -25,6 +25,7 @@ from aiohttp import web
 class FaultServer:
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()
+        self.bodies: dict[str, dict[str, Any]] = {}  # the last request body per model
         self.failing = True
         self.loop = asyncio.new_event_loop()
         with socket.socket() as s:
@@ -64,6 +65,7 @@ class FaultServer:
         body = await request.json()
         model: str = body["model"]
         self.requests[model] += 1
+        self.bodies[model] = body
         kind = model.split("-")[0]
         if kind == "ratelimit":
             return web.json_response({"error": {"message": "slow down", "type": "rate_limit"}}, status=429,

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pipeline.agent.prompt import KEY_SCHEMA
 from pipeline.agent.runner import Limits, StepRunner
 from pipeline.events import AgentStep, Message
 from pipeline.llm.openai_provider import OpenAIProvider
@@ -51,6 +52,16 @@ def test_streamed_answer_with_ttft_and_usage_including_cached_tokens(server: Fau
     assert (response.tokens_in, response.tokens_out, response.tokens_cached) == (1200, 40, 1024)
     assert 0 < response.ttft_ms <= response.latency_ms
     assert response.model == "ok-model-2026-01-01"
+
+
+def test_a_classifying_request_asks_for_structured_output(server: FaultServer) -> None:
+    provider = OpenAIProvider(server.url, "test-key", timeout_s=30)
+    request = LLMRequest(model="ok-classify", messages=(ChatMessage("user", "rate?"),), response_schema=KEY_SCHEMA)
+    asyncio.run(provider.complete(request))
+    sent = server.bodies["ok-classify"]["response_format"]
+    assert sent == {"type": "json_schema", "json_schema": {"name": "reply", "schema": KEY_SCHEMA, "strict": True}}
+    asyncio.run(provider.complete(LLMRequest(model="ok-plain", messages=(ChatMessage("user", "rate?"),))))
+    assert "response_format" not in server.bodies["ok-plain"]  # an answering step asks for none
 
 
 def test_a_streamed_tool_call_is_reassembled(server: FaultServer) -> None:
