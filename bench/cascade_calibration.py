@@ -158,9 +158,12 @@ def calibrate(settings: Settings, provider: LLMProvider) -> dict[str, Any]:
     pricing = PricingTable.load(settings.pricing_file)
     steps = [s for _, s in picked]
     routed = [read_facts(s.transcript).get("intent") for s in steps]
-    thresholds, bar, searched = search(models, answers, replies, labels, routed, pricing, target)
+    thresholds, bar, searched, cost = search(models, answers, replies, labels, routed, pricing, target)
     policy = CascadePolicy(min_confidence=thresholds, sensitive_confidence=bar)
+    # the same setting through the agent's own CascadePolicy: the vectorised search must agree
     replay = replay_cascade(policy, models, answers, replies, labels, steps, pricing)
+    if cost and round(cost / 1e6, 4) != replay["cost_usd"]:
+        raise RuntimeError(f"search and CascadePolicy disagree: ${cost / 1e6:.4f} vs ${replay['cost_usd']}")
     return {"calibration_tickets": len(queries), "agent_tickets": len(picked), "models": models,
             "shortlist": settings.router_shortlist, "shortlist_recall": recall,
             "top_tier_precision": round(target, 4), "thresholds": thresholds, "sensitive_confidence": bar,
@@ -169,7 +172,7 @@ def calibrate(settings: Settings, provider: LLMProvider) -> dict[str, Any]:
 
 def search(models: dict[str, str], answers: dict[str, list[LLMResponse]], replies: dict[str, list[Final | None]],
            labels: list[str], routed: list[str | None], pricing: PricingTable,
-           target: float) -> tuple[dict[str, float], float, int]:
+           target: float) -> tuple[dict[str, float], float, int, int]:
     """The cheapest thresholds (every lower tier's, and the sensitive keys' bar) at which the
     cascade is at least as precise as the top tier alone, over all the agent tickets and over
     those labelled with a sensitive key (FrugalGPT's search: least cost under a quality bound).
@@ -209,7 +212,7 @@ def search(models: dict[str, str], answers: dict[str, list[LLMResponse]], replie
             if best is None or key < best:
                 best = key
                 choice = (dict(zip(lower, values, strict=True)), bar)
-    return choice[0], choice[1], searched
+    return choice[0], choice[1], searched, round(best[0]) if best else 0
 
 
 def replay_cascade(policy: CascadePolicy, models: dict[str, str], answers: dict[str, list[LLMResponse]],

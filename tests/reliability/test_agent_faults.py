@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from pipeline.adapters.redis_billing import RedisBilling
 from pipeline.client import TicketflowClient
 from pipeline.datasets import banking77_sample, banking77_split
-from pipeline.events import TicketResolved, TicketSubmitted, UsageRecord
+from pipeline.events import TicketResolved, TicketSubmitted, ToolCall, UsageRecord
 from pipeline.runtime.topology import redis_client
 from pipeline.settings import Settings
 from tests.helpers import WorkerProcess, response_counts
@@ -61,6 +62,10 @@ def test_with_30_percent_provider_faults_every_ticket_ends_and_billing_matches(s
     failures = {u.outcome for u in usage if u.outcome != "ok"}
     assert {"RateLimited", "ProviderUnavailable", "ProviderTimeout"} <= failures, failures
     assert served > 0 and billing.total() == served  # billed_calls == llm_calls
+    # every lookup the agent made is about its own ticket's customer: code binds customer_id
+    owner = {t.ticket_id: t.customer_id for t in tickets}
+    lookups = [c for c in client.events("tools.calls", ToolCall) if c.ticket_id in ids and c.reply_to == "agent"]
+    assert lookups and all(json.loads(c.arguments)["customer_id"] == owner[c.ticket_id] for c in lookups)
 
 
 def test_kill9_of_agent_workers_bills_no_call_twice_and_answers_once(settings: Settings, tmp_path: Path) -> None:
