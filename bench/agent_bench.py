@@ -25,12 +25,11 @@ import numpy as np
 from pipeline import services
 from pipeline.agent.aio import LaneGate
 from pipeline.agent.factory import build_runner
-from pipeline.agent.prompt import FACTS_PREFIX
 from pipeline.agent.runner import StepRunner
 from pipeline.events import AgentStep, Message
 from pipeline.llm.types import LLMRequest, LLMResponse
 from pipeline.routing.factory import build_rulebook
-from pipeline.runtime.topology import redis_client
+from pipeline.runtime.context import redis_client
 from pipeline.settings import Settings, load_settings
 from pipeline.tools.banking import tool_specs
 
@@ -40,10 +39,9 @@ def say(message: str) -> None:
 
 
 def steps(n: int, tag: str) -> list[AgentStep]:
-    facts = FACTS_PREFIX + json.dumps({"nearest_intent": "exchange_rate", "entities": {}})
     return [AgentStep(step_id=f"{tag}-{i}:0", ticket_id=f"{tag}-{i}", tenant_id="bench", workflow="fallback_agent",
-                      step=0, ticket=b"", transcript=[Message("system", facts),
-                                                      Message("user", f"What exchange rate do you use? ({i})")])
+                      step=0, ticket=b"", candidates=["exchange_rate"],
+                      transcript=[Message("user", f"What exchange rate do you use? ({i})")])
             for i in range(n)]
 
 

@@ -5,6 +5,8 @@
 
 `tune` (80 % of each intent) is what cache and router parameters are tuned on; `holdout`
 (20 %) checks them. The split is `pipeline.datasets.banking77_split()` (seed 7).
+`holdout_by_label` is the holdout sorted by label: a stream of topic bursts, every intent's
+questions in a row (`demo --input ... --rate 100`, `cache eval --live`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ def main() -> None:
             writer.writerow(["text", "label"])
             writer.writerows((r.text, r.label) for r in rows)
         print(f"{path}: {len(rows)} rows")
+        if name == "holdout":
+            bursts = args.out / "banking77_holdout_by_label.csv"
+            with bursts.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["text", "label"])
+                writer.writerows((r.text, r.label) for r in sorted(rows, key=lambda r: r.label))
+            print(f"{bursts}: {len(rows)} rows, sorted by label")
 
 
 if __name__ == "__main__":

@@ -47,8 +47,6 @@ from pipeline.agent.prompt import (
     KEY_SCHEMA,
     build_request,
     classifying,
-    facts_message,
-    read_facts,
     system_prompt,
 )
 from pipeline.cache.factory import build_embedder
@@ -105,7 +103,7 @@ def agent_tickets(settings: Settings, examples: list[LabelledQuery],
         picked.append((query, AgentStep(
             step_id=f"calibration-{i}:0", ticket_id=f"calibration-{i}", tenant_id="calibration",
             workflow=rule.name, step=0, ticket=b"", model_tier="cheap", allowed_tools=[],
-            transcript=[facts_message(agent_facts(decision)), Message("user", query.text)])))
+            transcript=[Message("user", query.text)], **agent_facts(decision))))
     return picked, {k: round(n / max(1, len(picked)), 4) for k, n in found.items()}
 
 
@@ -157,7 +155,7 @@ def calibrate(settings: Settings, provider: LLMProvider) -> dict[str, Any]:
         curves[tier] = curve(confidences, right(tier))
     pricing = PricingTable.load(settings.pricing_file)
     steps = [s for _, s in picked]
-    routed = [read_facts(s.transcript).get("intent") for s in steps]
+    routed = [s.intent for s in steps]
     thresholds, bar, searched, cost = search(models, answers, replies, labels, routed, pricing, target)
     policy = CascadePolicy(min_confidence=thresholds, sensitive_confidence=bar)
     # the same setting through the agent's own CascadePolicy: the vectorised search must agree
@@ -224,7 +222,7 @@ def replay_cascade(policy: CascadePolicy, models: dict[str, str], answers: dict[
     answered_by = dict.fromkeys(ladder, 0)
     sensitive = [0, 0, 0]  # tickets labelled with a sensitive key; right by the cascade; by the top tier
     for i, (label, step) in enumerate(zip(labels, steps, strict=True)):
-        routed = read_facts(step.transcript).get("intent")
+        routed = step.intent
         index = 0
         while True:
             tier = ladder[index]

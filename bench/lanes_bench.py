@@ -49,7 +49,7 @@ def make_step(ticket_id: str, lane: Literal["interactive", "batch"], query: Labe
     """The router's first step for an abstained ticket (fallback route, no tools)."""
     ticket = TicketSubmitted(ticket_id=ticket_id, tenant_id="lanes", body=query.text, lane=lane, created_at=now_ms,
                              stage_times={"router": now_ms})
-    facts: dict[str, Any] = {"route": "fallback_agent", "intent": None, "tool_calls": 0, "signed_in": False,
+    facts: dict[str, Any] = {"route": "fallback_agent", "intent": None, "tool_call_cap": 0, "signed_in": False,
                              "entities": {}, "candidates": [query.label, *others]}
     return first_step(ticket, "fallback_agent", lane, "cheap", [], "default", facts)
 
@@ -128,6 +128,17 @@ def run(settings: Settings, batch: int, interactive: int, rate: float, timeout_s
     }
 
 
+def waits_panel(ax: Any, waits: list[float], label: str, title: str) -> None:
+    """The CDF of interactive tickets' waits before their first LLM call, with the 1 s target."""
+    ax.plot(waits, np.linspace(0, 1, len(waits)), label=label)
+    ax.axvline(1000, color="red", linestyle="--", label="target p95 1 s")
+    ax.set_xscale("log")
+    ax.set_xlabel("wait before the first LLM call (ms)")
+    ax.set_ylabel(f"share of {label}")
+    ax.set_title(title)
+    ax.legend()
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -135,14 +146,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    waits = report["interactive_waits_ms"]
-    left.plot(waits, np.linspace(0, 1, len(waits)), label="interactive")
-    left.axvline(1000, color="red", linestyle="--", label="target p95 1 s")
-    left.set_xscale("log")
-    left.set_xlabel("wait before the first LLM call (ms)")
-    left.set_ylabel("share of interactive tickets")
-    left.set_title(f"Interactive waits, {report['batch_steps']:,} batch steps queued")
-    left.legend()
+    waits_panel(left, report["interactive_waits_ms"], "interactive tickets",
+                f"Interactive waits, {report['batch_steps']:,} batch steps queued")
     timeline = report["batch_timeline_s"]
     right.plot(timeline, np.linspace(0, report["batch_answered"], len(timeline)))
     right.axvspan(0, report["interactive_sent_s"], color="orange", alpha=0.2, label="interactive arriving")

@@ -34,7 +34,7 @@ from pipeline.datasets import banking77_split
 from pipeline.pii import redact
 from pipeline.resilience import CircuitBreaker
 from pipeline.routing.factory import build_engine
-from pipeline.runtime.topology import redis_client
+from pipeline.runtime.context import redis_client
 from pipeline.settings import load_settings
 from pipeline.tools.banking import banking_tools
 from pipeline.tools.demo_bank import customer_id, seed_bank

@@ -9,6 +9,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from pipeline.errors import ServiceError
+from pipeline.faults import classify
 from pipeline.settings import Settings
 from topics.catalog import CATALOG, TopicSpec, topic_name
 
@@ -29,7 +30,8 @@ def apply_topics(settings: Settings, timeout_s: float = 30.0) -> list[TopicRepor
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
-        raise ServiceError(f"cannot reach Kafka at {settings.bootstrap_servers()}: {exc}") from exc
+        raise classify(exc, "kafka") if exc.args and exc.args[0].retriable() else ServiceError(
+            f"cannot reach Kafka at {settings.bootstrap_servers()}: {exc}") from exc
     reports: list[TopicReport] = []
     to_create: list[tuple[TopicSpec, str]] = []
     for spec in CATALOG:
@@ -50,7 +52,8 @@ def apply_topics(settings: Settings, timeout_s: float = 30.0) -> list[TopicRepor
                 reports.append(TopicReport(name, "created"))
             except KafkaException as exc:
                 if exc.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: a concurrent apply won
-                    raise ServiceError(f"cannot create topic {name}: {exc}") from exc
+                    raise classify(exc, "kafka") if exc.args[0].retriable() else ServiceError(
+                        f"cannot create topic {name}: {exc}") from exc
                 reports.append(TopicReport(name, "ok"))
     return reports
 

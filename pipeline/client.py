@@ -16,6 +16,7 @@ from confluent_kafka import Producer
 
 from pipeline.errors import DecodeError, ServiceError
 from pipeline.events import (
+    CacheFeedback,
     CacheUpdate,
     DeadLetter,
     E,
@@ -66,14 +67,21 @@ class TicketflowClient:
 
     def submit(self, tickets: Iterable[TicketSubmitted],
                on_sent: Callable[[TicketSubmitted], None] | None = None,
-               flush: bool = True) -> int:
+               flush: bool = True, rate_per_s: float | None = None) -> int:
         """Produce tickets to the ingress topic (keyed by ticket_id); returns how many.
 
-        With ``flush`` (the default) it returns once every ticket is acknowledged.
+        With ``flush`` (the default) it returns once every ticket is acknowledged; with
+        ``rate_per_s``, at most that many tickets a second (a steady stream, not a burst).
         """
         topic = self.topic("tickets.ingress")
         count = 0
+        next_at = time.monotonic()
         for ticket in tickets:
+            if rate_per_s is not None:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_at = max(next_at, time.monotonic() - 1.0) + 1.0 / rate_per_s
             if ticket.created_at is None:
                 ticket = _with_created_at(ticket)
             value = self.serde.encode(TicketSubmitted.SCHEMA, to_record(ticket), topic)
@@ -135,6 +143,15 @@ class TicketflowClient:
         topic = self.topic(name)
         self.send_raw(topic, key.encode(), self.serde.encode(type(event).SCHEMA, to_record(event), topic))
 
+    def feedback(self, verdicts: Iterable[CacheFeedback]) -> int:
+        """A support desk's verdicts on answers (``tickets.feedback``); returns once acknowledged."""
+        count = 0
+        for verdict in verdicts:
+            self.send("tickets.feedback", verdict.ticket_id, verdict)
+            count += 1
+        self.flush()
+        return count
+
     def invalidate_tools(self, tenant: str, data_source: str, reason: str = "") -> None:
         """Tell the tool caches that ``data_source`` changed for ``tenant``; returns once acknowledged."""
         self.send("tools.invalidations", tenant, ToolInvalidation(
@@ -170,6 +187,16 @@ class TicketflowClient:
                 continue
             seen.add(resolved.ticket_id)
             yield item
+
+    def replay_results(self, tag: str, *, timeout_s: float | None = None,
+                       done: Callable[[], bool] | None = None) -> Iterator[TicketResolved]:
+        """The answers of replay ``tag`` on tickets.replay.responses (read_committed), from
+        the beginning: until ``done()`` or ``timeout_s``; without a timeout, to the end."""
+        for item in self._read(self.topic("tickets.replay.responses"), TicketResolved.SCHEMA,
+                               TicketResolved.from_record, timeout_s, done or (lambda: False),
+                               idle_stop=timeout_s is None):
+            if item.event.replay_tag == tag:
+                yield item.event
 
     def dead_letters(self, *, timeout_s: float = 5.0,
                      stop: Callable[[], bool] | None = None) -> Iterator[Received]:

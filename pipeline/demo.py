@@ -8,6 +8,7 @@ be resolved or dead-lettered, stops the workers and reports counts, paths and la
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
 import signal
@@ -17,23 +18,28 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from pipeline import services
+from pipeline.adapters.redis_audit import RedisAuditLedger
 from pipeline.adapters.redis_billing import RedisBilling
 from pipeline.adapters.redis_tool_cache import RedisToolCache
 from pipeline.adapters.sql_bank import SqlBank
 from pipeline.admin import apply_topics, wait_for_readers
+from pipeline.cache.audit import audited_ticket
+from pipeline.cache.audit_report import audit_summary
 from pipeline.client import TicketflowClient
 from pipeline.datasets import banking77_sample, banking77_split
 from pipeline.errors import ServiceError
 from pipeline.events import CacheUpdate, DeadLetter, TicketResolved, TicketSubmitted, UsageRecord
 from pipeline.malformed import malformed_records
-from pipeline.runtime.topology import redis_client
+from pipeline.runtime.context import redis_client
 from pipeline.settings import Settings
 from pipeline.tools.demo_bank import customer_id, seed_bank
 
@@ -65,17 +71,42 @@ class DemoReport:
     by_path: dict[str, int] = field(default_factory=dict)
     escalation_reasons: dict[str, int] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_by_path_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    stage_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # per stage, over its tickets
+    naive_latency_ms: dict[str, float] = field(default_factory=dict)  # the naive loop's, from the latency model
     llm_calls: int = 0
     billed_calls: int = 0
     cost_usd: float = 0.0
     naive_cost_usd: float | None = None
     # labelled input: per path, the share of its answers whose resolution key is the label
     right_key_by_path: dict[str, float] = field(default_factory=dict)
+    # the live audit of the cache's hits (pipeline/cache/audit.py): what production sees without labels
+    cache_audit: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
     topic_prefix: str = ""
+    # what to run next: the replay of exactly this run's tickets (its window of tickets.ingress)
+    replay_command: str = ""
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def percentiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
+    return {f"p{q}": percentile(values, q) for q in qs}
+
+
+def stage_percentiles(per_ticket: Iterable[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per stage (``agent:0``, ``agent:1``, ... summed as ``agent``), the percentiles of the
+    milliseconds it added to the tickets that went through it."""
+    totals: dict[str, list[float]] = {}
+    for stages in per_ticket:
+        summed: dict[str, float] = {}
+        for name, ms in stages.items():
+            base = name.split(":")[0]
+            summed[base] = summed.get(base, 0.0) + ms
+        for name, ms in summed.items():
+            totals.setdefault(name, []).append(ms)
+    return {name: percentiles(values) for name, values in sorted(totals.items())}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -83,7 +114,9 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    # ceil, not round(x + 0.5): Python rounds halves to even, which took the next rank whenever
+    # q/100 * n was a whole number (the p50 of two values was the larger one)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -173,6 +206,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     arrivals: dict[str, list[int]] = {}
     created: dict[str, int] = {}
     costs: dict[str, int] = {}
+    stages: dict[str, dict[str, float]] = {}  # each ticket's milliseconds per stage
     keys: dict[str, str] = {}  # the intent each ticket was resolved with (the naive loop's understanding)
     paths: Counter[str] = Counter()
     path_of: dict[str, str] = {}
@@ -184,6 +218,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         say(f"demo: {options.workers} worker process(es) started; waiting for them to join...")
         warm_up(client, run_id)
         prepare_cache(client, settings, sorted({t.tenant_id for t in tickets}), options.warm_csv, run_id)
+        ledger = RedisAuditLedger(redis_client(settings), settings.redis_key_prefix())
+        for tenant in sorted({t.tenant_id for t in tickets}):  # a demo's audit starts afresh, like its cache
+            ledger.reset(tenant, counts=True, reason="demo start")
         billing.reset()  # the provider's count from here on: this run's tickets only
         say(f"demo: submitting {len(tickets)} tickets")
         bar = tqdm(total=len(tickets), desc="resolved", unit="ticket", file=sys.stderr)
@@ -196,6 +233,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
                 if first:
                     created[resolved.ticket_id] = resolved.created_at
                     costs[resolved.ticket_id] = resolved.cost_micros
+                    stages[resolved.ticket_id] = resolved.stage_latency_ms
                     if resolved.resolution_key:
                         keys[resolved.ticket_id] = resolved.resolution_key
                     paths[resolved.path] += 1
@@ -206,7 +244,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
 
         reader = threading.Thread(target=collect, daemon=True)
         reader.start()
+        window_start = time.time()
         _submit(client, tickets, options.rate)
+        window_end = time.time() + 1.0  # the broker's timestamps of the last records, and a margin
         bad = list(malformed_records(options.malformed, client.serde, run_id, int(time.time() * 1000)))
         for record in bad:
             client.send_raw(client.topic("tickets.ingress"), record.key, record.value)
@@ -220,11 +260,16 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         letters = [r.event for r in client.dead_letters(timeout_s=30)
                    if isinstance(r.event, DeadLetter) and r.event.key
                    and r.event.key.decode(errors="replace") in bad_keys]
+        say("demo: waiting for the cache audit's answers (batch lane)...")
+        audit = audit_summary(client, ids, paths.get("cache", 0))
     finally:
         stop_workers(procs)
 
     latencies = [float(arrivals[i][0] - created[i]) for i in arrivals]
-    usage = [u for u in client.events("llm.usage", UsageRecord, timeout_s=30) if u.ticket_id in ids]
+    naive_cost, naive_times = naive_run(settings, tickets, keys)
+    # the audit's calls are this run's calls too (billed by the provider, accounted as workflow cache-audit)
+    usage = [u for u in client.events("llm.usage", UsageRecord, timeout_s=30)
+             if u.ticket_id is not None and audited_ticket(u.ticket_id) in ids]
     served = {u.record_id for u in usage if u.kind == "llm" and u.outcome == "ok"}
     lettered_ids = {d.key.decode(errors="replace") for d in letters if d.key}
     report = DemoReport(
@@ -236,17 +281,32 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         lost=len(ids - set(counts) - lettered_ids),
         by_path=dict(paths),
         escalation_reasons=dict(reasons),
-        latency_ms={"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
-                    "p99": percentile(latencies, 99)},
+        latency_ms=percentiles(latencies),
+        latency_by_path_ms={path: percentiles([float(arrivals[i][0] - created[i]) for i in arrivals
+                                               if path_of.get(i) == path])
+                            for path in sorted(set(path_of.values()))},
+        stage_latency_ms=stage_percentiles(stages.values()),
+        naive_latency_ms=percentiles(naive_times, (50, 95)),
         llm_calls=len(served),
         billed_calls=billing.total(),
         cost_usd=round(sum(costs.values()) / 1_000_000, 6),
-        naive_cost_usd=round(naive_cost_micros(settings, tickets, keys) / 1_000_000, 6),
+        naive_cost_usd=round(naive_cost / 1_000_000, 6),
         right_key_by_path=right_keys(tickets, keys, path_of),
+        cache_audit=audit,
         wall_s=round(time.monotonic() - started, 1),
         topic_prefix=settings.topic_prefix,
+        replay_command=replay_command(window_start, window_end, sorted({t.tenant_id for t in tickets})),
     )
     return report
+
+
+def replay_command(start: float, end: float, tenants: list[str]) -> str:
+    """``ticketflow replay`` of the window a run produced (a dry run first: it prices it)."""
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    tenant = f" --tenant {tenants[0]}" if len(tenants) == 1 else ""
+    return f"ticketflow replay --since {iso(start)} --until {iso(end)}{tenant} --dry-run"
 
 
 def right_keys(tickets: list[TicketSubmitted], keys: dict[str, str], path_of: dict[str, str]) -> dict[str, float]:
@@ -279,8 +339,10 @@ def prepare_cache(client: TicketflowClient, settings: Settings, tenants: list[st
     say(f"demo: {replicas} cache replica(s) emptied{' and seeded' if warm_csv else ''}")
 
 
-def naive_cost_micros(settings: Settings, tickets: list[TicketSubmitted], intents_by_ticket: dict[str, str]) -> int:
-    """The same tickets through the naive agent loop (see :mod:`pipeline.agent.naive`)."""
+def naive_run(settings: Settings, tickets: list[TicketSubmitted],
+              intents_by_ticket: dict[str, str]) -> tuple[int, list[float]]:
+    """The same tickets through the naive agent loop (see :mod:`pipeline.agent.naive`): what
+    it costs in all (micro-dollars) and how long each ticket takes (ms)."""
     from pipeline.agent.naive import NaiveLoop
     from pipeline.llm.pricing import PricingTable
     from pipeline.llm.simulated import SimulatedProvider
@@ -293,7 +355,8 @@ def naive_cost_micros(settings: Settings, tickets: list[TicketSubmitted], intent
     # (a provider caches from 1,024 tokens): the comparison never gains from it missing the cache.
     loop = NaiveLoop(SimulatedProvider(seed=settings.sim_seed, intents=intents, cache_min_tokens=0),
                      PricingTable.load(settings.pricing_file), tools, intents, settings.llm_strong_model)
-    return sum(loop.cost_micros(t, intents_by_ticket.get(t.ticket_id)) for t in tickets)
+    runs = [loop.run(t, intents_by_ticket.get(t.ticket_id)) for t in tickets]
+    return sum(cost for cost, _ in runs), [elapsed for _, elapsed in runs]
 
 
 def warm_up(client: TicketflowClient, run_id: str, timeout_s: float = 120.0) -> None:
@@ -307,16 +370,4 @@ def warm_up(client: TicketflowClient, run_id: str, timeout_s: float = 120.0) -> 
 
 
 def _submit(client: TicketflowClient, tickets: list[TicketSubmitted], rate: float | None) -> None:
-    if rate is None:
-        client.submit(tickets)
-        return
-    interval = 1.0 / rate
-    next_at = time.monotonic()
-    for ticket in tickets:
-        delay = next_at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        client.submit([ticket], flush=False)
-        client.producer.poll(0)  # serve delivery callbacks as we go
-        next_at += interval
-    client.flush()
+    client.submit(tickets, rate_per_s=rate)

@@ -23,9 +23,26 @@ class ServiceError(TicketflowError):
 
 
 class TransientError(TicketflowError):
-    """A dependency failed in a way that may heal (timeouts, connection resets)."""
+    """A dependency failed in a way that may heal (timeouts, connection resets, a replica
+    loading, a failover). Never a dead letter while the dependency is down: the runtime
+    pauses and waits for it (pipeline/runtime/failures.py). ``dependency`` names it (``redis``,
+    ``sql``, ``qdrant``, ``llm``, ``kafka``) for the runtime's health probe and metrics."""
 
     retryable = True
+
+    def __init__(self, message: str, dependency: str | None = None) -> None:
+        super().__init__(message)
+        self.dependency = dependency
+
+
+class PermanentError(TicketflowError):
+    """A dependency refused the work in a way retrying cannot fix (a bad command, a
+    constraint): the record is dead-lettered with the reason."""
+
+
+# The names the architecture uses for the two kinds of dependency fault.
+Transient = TransientError
+Permanent = PermanentError
 
 
 class DecodeError(TicketflowError):

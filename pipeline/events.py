@@ -79,6 +79,8 @@ class TicketResolved:
     replay_tag: str | None = None
     cacheable: bool = False
     cache_text: str | None = None
+    confidence: float | None = None  # the agent's, in its resolution key
+    cache_entry_id: str | None = None  # a cache hit's entry
 
     SCHEMA = "TicketResolved"
 
@@ -109,7 +111,7 @@ class DeadLetter:
         return cls(**record)
 
 
-CacheOp = Literal["upsert", "purge"]
+CacheOp = Literal["upsert", "purge", "confirm", "delete"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,9 @@ class CacheUpdate:
     resolution_key: str | None = None
     kb_version: str | None = None
     expires_at: int | None = None
+    source: str | None = None  # provenance (pipeline.cache.index.SOURCES); None: legacy
+    model_tier: str | None = None
+    confidence: float | None = None
 
     SCHEMA = "CacheUpdate"
 
@@ -167,6 +172,15 @@ class AgentStep:
     models: list[str] = field(default_factory=list)
     stage_times: dict[str, int] = field(default_factory=dict)
     replay_tag: str | None = None
+    # The router's facts: typed control state, rendered into the prompt only when a request
+    # is built (pipeline.agent.prompt.build_request); code reads these, never the prompt.
+    route: str | None = None
+    intent: str | None = None  # None: the router abstained
+    candidates: list[str] = field(default_factory=list)
+    tool_call_cap: int = 0  # fails closed: a step that does not say is offered no tools
+    classify: bool = False
+    signed_in: bool = False
+    entities: dict[str, str] = field(default_factory=dict)
 
     SCHEMA = "AgentStep"
 
@@ -274,6 +288,55 @@ class ToolInvalidation:
         return cls(**record)
 
 
+FeedbackVerdict = Literal["confirm", "reject"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheFeedback:
+    """A support desk's verdict on an answer (see schemas/avro/cache_feedback), on ``tickets.feedback``."""
+
+    ticket_id: str
+    tenant_id: str
+    verdict: FeedbackVerdict
+    created_at: int
+    cache_entry_id: str | None = None
+    correct_key: str | None = None
+    reviewer: str | None = None
+    replay_tag: str | None = None
+
+    SCHEMA = "CacheFeedback"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> CacheFeedback:
+        return cls(**record)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheAudit:
+    """One audited cache hit and the tenant's running estimate (see schemas/avro/cache_audit)."""
+
+    tenant_id: str
+    ticket_id: str
+    served_key: str
+    audit_path: str
+    agreed: bool
+    audited: int
+    agreed_total: int
+    precision_estimate: float
+    precision_low: float
+    precision_high: float
+    created_at: int
+    audit_key: str | None = None
+    entry_id: str | None = None
+    policy_level: int = 0
+
+    SCHEMA = "CacheAudit"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> CacheAudit:
+        return cls(**record)
+
+
 CostScope = Literal["ticket", "tenant", "workflow", "step", "model"]
 
 
@@ -305,9 +368,9 @@ class CostSummary:
 
 
 Event = (TicketSubmitted | TicketResolved | DeadLetter | CacheUpdate | AgentStep | ToolCall | ToolResult
-         | UsageRecord | ToolInvalidation | CostSummary)
+         | UsageRecord | ToolInvalidation | CostSummary | CacheFeedback | CacheAudit)
 E = TypeVar("E", TicketSubmitted, TicketResolved, DeadLetter, CacheUpdate, AgentStep, ToolCall, ToolResult,
-            UsageRecord, ToolInvalidation, CostSummary)
+            UsageRecord, ToolInvalidation, CostSummary, CacheFeedback, CacheAudit)
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Per-record handling is sub-millisecond to tens of ms; transactions add a broker round trip.
 _HANDLE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -36,4 +36,13 @@ class RuntimeMetrics:
         self.batch_size = Histogram(
             "ticketflow_batch_records", "Records per transaction",
             ["processor"], buckets=_BATCH_BUCKETS, registry=registry,
+        )
+        self.dependency_up = Gauge(
+            "ticketflow_dependency_up", "1 while the dependency answers its health probe, 0 while it is down",
+            ["dependency"], registry=registry,
+        )
+        self.stalled_seconds = Gauge(
+            "ticketflow_dependency_stalled_seconds",
+            "How long a processor has been paused waiting for a dependency (0 when it is not)",
+            ["processor", "dependency"], registry=registry,
         )

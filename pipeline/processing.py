@@ -33,6 +33,7 @@ class Failure:
     error_class: str
     message: str
     retryable: bool = False
+    dependency: str | None = None  # the dependency a transient failure met (pipeline.faults)
 
 
 Outcome = Emit | Failure

@@ -59,5 +59,5 @@ def redrive(client: TicketflowClient, store: redis.Redis[bytes], *, processor: s
             store.sadd(done_key, where)
             report.redriven += 1
     except redis.RedisError as exc:
-        raise TransientError(f"redis unavailable for redrive bookkeeping: {exc}") from exc
+        raise TransientError(f"redis unavailable for redrive bookkeeping: {exc}", "redis") from exc
     return report

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
         "process dies (exit 137, like kill -9) at its Nth commit, after its outputs reached the broker "
         "and before the transaction commits. 0 (the default) turns it off.")
     retry_backoff_ms: int = Field(default=200, ge=1)
+    # A dependency that is down is probed again after a capped exponential backoff with
+    # jitter: at most this long, so that work resumes within it of the dependency coming back.
+    dependency_probe_max_s: float = Field(default=2.0, gt=0, description="TICKETFLOW_DEPENDENCY_PROBE_MAX_S")
     max_body_bytes: int = Field(default=64 * 1024, ge=1, description="TICKETFLOW_MAX_BODY_BYTES")
     max_subject_bytes: int = Field(default=1024, ge=1)
     idempotency_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
@@ -103,6 +106,18 @@ class Settings(BaseSettings):
     cache_never_keys: list[str] = Field(
         default_factory=list, description="TICKETFLOW_CACHE_NEVER_KEYS: resolution keys never stored "
         "(JSON list), beside answers not marked cacheable, tool answers and escalations.")
+    cache_second_opinion: bool = Field(
+        default=True, description="TICKETFLOW_CACHE_SECOND_OPINION: the cache stage asks the router's intent "
+        "classifier too; a hit whose key it contradicts, or does not rank near the query, is a miss (open set).")
+    cache_audit_share: float = Field(
+        default=0.05, ge=0, le=1, description="TICKETFLOW_CACHE_AUDIT_SHARE: share of each tenant's cache hits "
+        "re-answered on the batch lane and compared on the resolution key (more while the estimate is wide).")
+    cache_audit_target: float = Field(
+        default=0.99, gt=0, le=1, description="TICKETFLOW_CACHE_AUDIT_TARGET: the precision a tenant's cache "
+        "must hold; when the audit's 95 % upper bound drops below it, the tenant's policy is tightened.")
+    cache_audit_max_width: float = Field(
+        default=0.05, gt=0, le=1, description="TICKETFLOW_CACHE_AUDIT_MAX_WIDTH: while a tenant's 95 % "
+        "interval is wider than this, hits are audited at up to four times the base share.")
     embedding_backend: Literal["onnx-int8", "onnx", "torch"] = Field(
         default="onnx-int8", description="TICKETFLOW_EMBEDDING_BACKEND: onnx-int8 (default), onnx or torch")
     # Texts encoded together; the cache stage submits 64 at a time so that encoding the next
@@ -163,6 +178,18 @@ class Settings(BaseSettings):
         "(cheapest first; e.g. cheaper models for backfills); empty: the interactive lane's tiers")
     llm_batch_rate_share: float = Field(default=0.5, gt=0, le=1, description="TICKETFLOW_LLM_BATCH_RATE_SHARE: the "
                                         "share of each provider's rate limit the batch lane may use")
+    llm_batch_api: bool = Field(
+        default=False, description="TICKETFLOW_LLM_BATCH_API: send the batch lane's calls through the "
+        "provider's Batch API (half the price, answers within its completion window: up to 24 h at OpenAI); "
+        "off by default because it trades a backfill's latency for its cost. Raise "
+        "TICKETFLOW_AGENT_BATCH_CONCURRENCY with it: each waiting step holds a slot for the whole window.")
+    llm_batch_max_lines: int = Field(default=500, ge=1, description="TICKETFLOW_LLM_BATCH_MAX_LINES: calls per job")
+    llm_batch_max_wait_s: float = Field(default=2.0, ge=0, description="TICKETFLOW_LLM_BATCH_MAX_WAIT_S: how long "
+                                        "calls gather before a job is submitted")
+    llm_batch_poll_s: float = Field(default=10.0, gt=0, description="TICKETFLOW_LLM_BATCH_POLL_S: how often a "
+                                    "job's status is asked (the simulated provider's: times the time scale)")
+    sim_batch_window_s: float = Field(default=60.0, gt=0, description="TICKETFLOW_SIM_BATCH_WINDOW_S: the "
+                                      "simulated Batch API's completion time (times the time scale)")
     cascade_min_confidence: dict[str, float] = Field(
         default_factory=lambda: {"cheap": 0.80, "mid": 0.72},
         description="TICKETFLOW_CASCADE_MIN_CONFIDENCE: JSON {tier: confidence below which a tier's answer "

@@ -18,13 +18,15 @@ CSV_FIELDS = {"text", "body", "ticket_id", "tenant_id", "customer_id", "subject"
 DEFAULT_TENANT = "default"
 
 
-def read_tickets(stream: TextIO, lane: str | None = None) -> Iterator[TicketSubmitted]:
-    """Tickets from CSV (a ``text`` column) or JSONL (objects), told apart by the first byte."""
+def read_tickets(stream: TextIO, lane: str | None = None, id_prefix: str | None = None) -> Iterator[TicketSubmitted]:
+    """Tickets from CSV (a ``text`` column) or JSONL (objects), told apart by the first byte.
+    A row without a ``ticket_id`` gets a random one, or ``<id_prefix>-<line>`` (the same on
+    every read of the file: a batch job that runs again is the same tickets)."""
     head = stream.read(1)
     rest = io.StringIO(head + stream.read()) if head else io.StringIO("")
     rows = _jsonl(rest) if head in ("{", "[") else _csv(rest)
     for line, row in rows:
-        yield _ticket(row, line, lane)
+        yield _ticket(row, line, lane, id_prefix)
 
 
 def _csv(stream: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -48,7 +50,7 @@ def _jsonl(stream: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, obj
 
 
-def _ticket(row: dict[str, Any], line: int, lane: str | None) -> TicketSubmitted:
+def _ticket(row: dict[str, Any], line: int, lane: str | None, id_prefix: str | None) -> TicketSubmitted:
     body = row.get("body", row.get("text"))
     if not isinstance(body, str) or not body.strip():
         raise ValidationFailure(f"line {line}: no text")
@@ -62,7 +64,7 @@ def _ticket(row: dict[str, Any], line: int, lane: str | None) -> TicketSubmitted
     except ValueError as exc:
         raise ValidationFailure(f"line {line}: priority must be an integer") from exc
     return TicketSubmitted(
-        ticket_id=str(row.get("ticket_id") or f"t-{uuid.uuid4().hex}"),
+        ticket_id=str(row.get("ticket_id") or (f"{id_prefix}-{line}" if id_prefix else f"t-{uuid.uuid4().hex}")),
         tenant_id=str(row.get("tenant_id") or DEFAULT_TENANT),
         customer_id=row.get("customer_id"),
         subject=row.get("subject"),

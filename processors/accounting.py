@@ -36,22 +36,21 @@ class UsageAggregator:
     def __init__(self, windows: RedisCostWindows, tenant_budget: Callable[[str], int]) -> None:
         self.windows = windows
         self.tenant_budget = tenant_budget
-        self._due: dict[str, list[Aggregate]] = {}  # origin of a batch's last record -> aggregates to publish
 
-    def prepare(self, batch: Sequence[tuple[UsageRecord, str]]) -> None:
+    def handle_batch(self, batch: Sequence[tuple[UsageRecord, str]]) -> list[Outcome]:
+        """Every record added (once, by id); the totals of the aggregates the batch touched go
+        out with its last record."""
         touched: dict[Aggregate, None] = {}
         for record, _ in batch:
             for aggregate in self.windows.apply(record):
                 touched[aggregate] = None
-        self._due = {batch[-1][1]: list(touched)} if batch else {}
+        published = Emit(tuple(Output("pipeline.metrics", a.tenant, self.summary(a)) for a in touched))
+        outcomes: list[Outcome] = [Emit() for _ in batch[:-1]]
+        return [*outcomes, published] if batch else []
 
     def handle(self, record: UsageRecord, origin: str) -> Outcome:
-        due = self._due.pop(origin, None)
-        if due is None:
-            if self._due:
-                return Emit()  # published with the batch's last record
-            due = self.windows.apply(record)
-        return Emit(tuple(Output("pipeline.metrics", a.tenant, self.summary(a)) for a in due))
+        """One record (a batch of one)."""
+        return self.handle_batch([(record, origin)])[0]
 
     def summary(self, aggregate: Aggregate) -> CostSummary:
         totals = self.windows.read(aggregate)

@@ -11,10 +11,10 @@ A tool call's ``customer_id`` is the ticket's, set by code (the model is not sho
 parameter): the agent cannot look up or act for another customer.
 
 Reads ``agent.steps.interactive`` and ``agent.steps.batch`` (one consumer group each, so the
-lanes never queue behind each other). The steps of a consumed batch run concurrently on the
-worker's event loop (``prepare``): hundreds of calls in flight per worker, and the batch's
-offsets commit, with all its outputs, only once every one of its steps has finished, so no
-offset is committed past an unfinished step. A step that runs again after a crash reuses
+lanes never queue behind each other). Steps run concurrently on the worker's event loop
+(``start``; ``finish`` turns a finished run into its outputs): hundreds of calls in flight
+per worker, and the runtime commits each step's outputs with its offset in offset order, so
+no offset is committed past an unfinished step. A step that runs again after a crash reuses
 its recorded LLM result (:mod:`pipeline.agent.runner`), so it is neither billed nor
 answered twice.
 
@@ -28,17 +28,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 
 from pipeline.agent.aio import LaneGate, LoopThread
 from pipeline.agent.machine import Final, UseTool
 from pipeline.agent.metrics import AgentMetrics
-from pipeline.agent.prompt import bind_arguments, classifying, facts_message, read_facts
+from pipeline.agent.prompt import bind_arguments, classifying
 from pipeline.agent.runner import CallRecord, StepRun, StepRunner
+from pipeline.cache.audit import AUDIT_WORKFLOW, is_audit
 from pipeline.events import AgentStep, Message, TicketResolved, TicketSubmitted, ToolCall, ToolResult, UsageRecord
 from pipeline.processing import Clock, Emit, Outcome, Output
+from pipeline.replay.tags import run_id
 from pipeline.routing.classifier import IntentDecision
 from pipeline.routing.engine import route
 from pipeline.routing.rulebook import RuleBook
@@ -62,23 +63,10 @@ class AgentProcessor:
         self.loop = loop
         self.gate = gate
         self.clock = clock
-        self._runs: dict[str, StepRun] = {}
-
-    def prepare(self, batch: Sequence[tuple[AgentStep, str]]) -> None:
-        started = time.perf_counter()
-        runs = self.loop.run_all([self.gate.run(self.lane, self.runner.run(step)) for step, _ in batch])
-        self._runs = {origin: run for (_, origin), run in zip(batch, runs, strict=True)}
-        log.info("%s: %d steps in %.2f s", self.name, len(batch), time.perf_counter() - started)
 
     def start(self, step: AgentStep, origin: str) -> Future[StepRun]:
         """Begin the step on the worker's event loop (the pipelined binding)."""
         return self.loop.submit(self.gate.run(self.lane, self.runner.run(step)))
-
-    def handle(self, step: AgentStep, origin: str) -> Outcome:
-        run = self._runs.pop(origin, None)
-        if run is None:
-            [run] = self.loop.run_all([self.gate.run(self.lane, self.runner.run(step))])
-        return self.finish(step, run)
 
     def finish(self, step: AgentStep, run: StepRun) -> Outcome:
         """The outputs of a finished step: usage records, then the tool call or the resolution."""
@@ -106,7 +94,7 @@ class AgentProcessor:
             assistant = Message("assistant", "", tool_call_id=call.call_id, tool_name=call.name,
                                 tool_arguments=call.arguments)
             following = dataclasses.replace(
-                totals, step=step.step + 1, step_id=f"{step.ticket_id}:{step.step + 1}",
+                totals, step=step.step + 1, step_id=f"{run_id(step.ticket_id, step.replay_tag)}:{step.step + 1}",
                 transcript=[*step.transcript, assistant], model_tier=step.model_tier,
                 stage_times={**totals.stage_times, f"agent:{step.step}": now})
             arguments = bind_arguments(call.arguments, self.tools.spec(call.name),
@@ -140,15 +128,18 @@ class AgentProcessor:
         if decision.kind == "escalate" or rule is None:
             refused = dataclasses.replace(run, action=None, escalation=decision.reason)
             return Output("tickets.responses", step.ticket_id, _resolution(ticket, totals, refused, now, answering))
-        facts = {**read_facts(step.transcript), "intent": key, "candidates": [key], "classify": False}
         following = dataclasses.replace(
-            totals, step=step.step + 1, step_id=f"{step.ticket_id}:{step.step + 1}",
-            stage_times={**totals.stage_times, f"agent:{step.step}": now})
+            totals, step=step.step + 1, step_id=f"{run_id(step.ticket_id, step.replay_tag)}:{step.step + 1}",
+            stage_times={**totals.stage_times, f"agent:{step.step}": now},
+            intent=key, candidates=[key], classify=False)
         if decision.kind == "agent":  # a judgement route: its tools, tier and budget from now on
-            facts = {**facts, "route": rule.name, "tool_calls": rule.tool_calls}
-            following = dataclasses.replace(following, workflow=rule.name, model_tier=rule.tier,
-                                            allowed_tools=sorted(rule.allowed_tools), budget_profile=rule.budget)
-        following = dataclasses.replace(following, transcript=[facts_message(facts), *step.transcript[1:]])
+            following = dataclasses.replace(following, route=rule.name, tool_call_cap=rule.tool_calls)
+            tier: str = rule.tier
+            tools = sorted(rule.allowed_tools)
+            if is_audit(step.replay_tag):  # the audit keeps its strong model and never changes state
+                tier, tools = step.model_tier, [t for t in tools if not self.tools.spec(t).side_effecting]
+            following = dataclasses.replace(following, workflow=rule.name, model_tier=tier, allowed_tools=tools,
+                                            budget_profile=rule.budget)
         return Output(f"agent.steps.{step.lane}", step.ticket_id, following)
 
 
@@ -167,9 +158,15 @@ def _resolution(ticket: TicketSubmitted, totals: AgentStep, run: StepRun, now: i
     if isinstance(run.action, Final):
         looked_up = any(m.role == "tool" for m in totals.transcript)
         return TicketResolved(answer=run.action.answer, path="agent", resolution_key=run.action.resolution_key,
-                              cacheable=not looked_up, cache_text=ticket.cache_text, **common)  # type: ignore[arg-type]
+                              cacheable=not looked_up, cache_text=ticket.cache_text,
+                              confidence=run.action.confidence, **common)  # type: ignore[arg-type]
     return TicketResolved(answer=HANDOFF_ANSWER, path="escalated", escalation_reason=run.escalation or "agent",
                           **common)  # type: ignore[arg-type]
+
+
+def usage_workflow(step: AgentStep) -> str:
+    """The workflow a call is accounted to: the cache audit's calls are its own workflow."""
+    return AUDIT_WORKFLOW if is_audit(step.replay_tag) else step.workflow
 
 
 def usage_records(step: AgentStep, calls: Sequence[CallRecord], now: int) -> list[UsageRecord]:
@@ -180,13 +177,14 @@ def usage_records(step: AgentStep, calls: Sequence[CallRecord], now: int) -> lis
         for attempt, error in enumerate(call.failures, start=1):
             records.append(UsageRecord(
                 record_id=f"{call.call_key}:failed:{attempt}", ticket_id=step.ticket_id, tenant_id=step.tenant_id,
-                workflow=step.workflow, step=step.step_id, kind="llm", provider=call.provider, model=call.model,
+                workflow=usage_workflow(step), step=step.step_id, kind="llm", provider=call.provider,
+                model=call.model,
                 occurred_at=now, outcome=error, attempt=attempt))
         response = call.response
         if response is None:
             continue
         records.append(UsageRecord(
-            record_id=call.call_key, ticket_id=step.ticket_id, tenant_id=step.tenant_id, workflow=step.workflow,
+            record_id=call.call_key, ticket_id=step.ticket_id, tenant_id=step.tenant_id, workflow=usage_workflow(step),
             step=step.step_id, kind="llm", provider=response.provider, model=call.model, occurred_at=now,
             tokens_in=response.tokens_in, tokens_out=response.tokens_out, tokens_cached=response.tokens_cached,
             cost_micros=call.cost_micros, latency_ms=response.latency_ms, ttft_ms=response.ttft_ms,

@@ -32,13 +32,11 @@ class CacheFollower:
         self.cache = cache
         self.name = name
 
-    def prepare(self, batch: Sequence[tuple[CacheUpdate, str]]) -> None:
-        valid = [update for update, _ in batch if problem(update) is None]
+    def handle_batch(self, batch: Sequence[tuple[CacheUpdate, str]]) -> list[Outcome]:
+        """The batch's valid updates applied to this worker's index at once."""
+        problems = [problem(update) for update, _ in batch]
+        valid = [update for (update, _), why in zip(batch, problems, strict=True) if why is None]
         if valid:
             self.cache.apply(valid)
-
-    def handle(self, update: CacheUpdate, origin: str) -> Outcome:
-        why = problem(update)
-        if why is not None:
-            return Failure("InvalidCacheUpdate", why)
-        return Emit((), note=update.op)
+        return [Emit((), note=update.op) if why is None else Failure("InvalidCacheUpdate", why)
+                for (update, _), why in zip(batch, problems, strict=True)]

@@ -8,8 +8,10 @@ data to another or go stale unseen:
 - the stage that answered marked it ``cacheable`` (no customer data in it);
 - it has a resolution key and its question text, and the key is not in the never-cache list.
 
-The entry carries the tenant's current knowledge-base version and an absolute expiry
-(resolution time + TTL). Every cache replica applies it from ``cache.updates``.
+The entry carries the tenant's current knowledge-base version, an absolute expiry
+(resolution time + TTL) and its provenance: a rule's answer is trusted, an agent's is
+provisional (with its model and confidence) until the audit or feedback confirms it
+(:mod:`processors.cache_feedback`). Every cache replica applies it from ``cache.updates``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def ineligible(resolved: TicketResolved, never_keys: Collection[str]) -> str | N
     return None
 
 
+def entry_id_of(ticket_id: str, replay_tag: str | None) -> str:
+    """The id of the entry written from a ticket's answer (one per ticket and replay)."""
+    return f"{ticket_id}:{replay_tag or ''}"
+
+
 class CacheWriter:
     name = "cache-writer"
 
@@ -52,9 +59,11 @@ class CacheWriter:
         assert resolved.resolution_key is not None and resolved.cache_text is not None
         update = CacheUpdate(
             tenant_id=resolved.tenant_id, op="upsert", created_at=resolved.resolved_at,
-            entry_id=f"{resolved.ticket_id}:{resolved.replay_tag or ''}", text=redact(resolved.cache_text),
+            entry_id=entry_id_of(resolved.ticket_id, resolved.replay_tag), text=redact(resolved.cache_text),
             answer=resolved.answer, resolution_key=resolved.resolution_key,
             kb_version=self.kb_versions.current(resolved.tenant_id),
-            expires_at=resolved.resolved_at + self.ttl_ms,
+            expires_at=resolved.resolved_at + self.ttl_ms, source=resolved.path,
+            model_tier=resolved.models[-1] if resolved.path == "agent" and resolved.models else None,
+            confidence=resolved.confidence if resolved.path == "agent" else None,
         )
         return Emit((Output("cache.updates", resolved.tenant_id, update),))

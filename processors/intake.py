@@ -47,24 +47,22 @@ class Intake:
         self.clock = clock
         self.limits = limits
         self.key_prefix = key_prefix
-        # Per delivery (origin) of the current batch: the checked ticket and, if valid, its claim.
-        self._prepared: dict[str, tuple[Failure | tuple[str, str | None], bool]] = {}
 
-    def prepare(self, batch: Sequence[tuple[TicketSubmitted, str]]) -> None:
-        """Check a batch and claim its valid tickets' ids in one round trip before ``handle``."""
-        checked = {origin: self._checked(t) for t, origin in batch}
-        valid = [(self._key(t), origin) for t, origin in batch if not isinstance(checked[origin], Failure)]
-        claims = dict(zip((o for _, o in valid), self.idempotency.claim_many(valid), strict=True)) if valid else {}
-        self._prepared = {origin: (result, claims.get(origin, False)) for origin, result in checked.items()}
+    def handle_batch(self, batch: Sequence[tuple[TicketSubmitted, str]]) -> list[Outcome]:
+        """Check a batch and claim its valid tickets' ids in one round trip."""
+        checked = [self._checked(ticket) for ticket, _ in batch]
+        valid = [(self._key(ticket), origin) for (ticket, origin), c in zip(batch, checked, strict=True)
+                 if not isinstance(c, Failure)]
+        claims = iter(self.idempotency.claim_many(valid) if valid else [])
+        return [c if isinstance(c, Failure) else self._accept(ticket, c, next(claims))
+                for (ticket, _), c in zip(batch, checked, strict=True)]
 
     def handle(self, ticket: TicketSubmitted, origin: str) -> Outcome:
-        prepared = self._prepared.pop(origin, None)
-        checked = prepared[0] if prepared is not None else self._checked(ticket)
-        if isinstance(checked, Failure):
-            return checked
+        """One ticket (a batch of one)."""
+        return self.handle_batch([(ticket, origin)])[0]
+
+    def _accept(self, ticket: TicketSubmitted, checked: tuple[str, str | None], claimed: bool) -> Outcome:
         body, subject = checked
-        key = self._key(ticket)
-        claimed = prepared[1] if prepared is not None else self.idempotency.claim(key, origin)
         if not claimed:
             return Emit((), note="duplicate")
         now = self.clock.now_ms()

@@ -22,11 +22,11 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from pipeline.agent.prompt import facts_message
+from pipeline.cache.audit import is_audit
 from pipeline.cache.embedder import Vectors
 from pipeline.events import (
     AgentStep,
@@ -37,6 +37,7 @@ from pipeline.events import (
     ToolResult,
 )
 from pipeline.processing import Clock, Emit, Outcome, Output
+from pipeline.replay.tags import run_id
 from pipeline.routing.engine import RouteDecision, RouteEngine, entity_values
 from pipeline.routing.entities import extract
 from pipeline.routing.metrics import RouterMetrics
@@ -60,24 +61,26 @@ class Encoder(Protocol):
 
 
 def first_step(ticket: TicketSubmitted, workflow: str, lane: Literal["interactive", "batch"], tier: str,
-               tools: list[str], budget: str, facts: Mapping[str, object]) -> AgentStep:
-    """The first ``AgentStep`` of a ticket: the router's facts and the ticket's own text."""
-    return AgentStep(step_id=f"{ticket.ticket_id}:0", ticket_id=ticket.ticket_id, tenant_id=ticket.tenant_id,
+               tools: list[str], budget: str, facts: Mapping[str, Any]) -> AgentStep:
+    """The first ``AgentStep`` of a ticket: the router's facts (AgentStep's typed fields, as
+    :func:`agent_facts` gives them) and the ticket's own text."""
+    return AgentStep(step_id=f"{run_id(ticket.ticket_id, ticket.replay_tag)}:0", ticket_id=ticket.ticket_id,
+                     tenant_id=ticket.tenant_id,
                      workflow=workflow, step=0, ticket=pack(ticket), lane=lane, model_tier=tier,
                      allowed_tools=tools, budget_profile=budget,
-                     transcript=[facts_message(facts), Message("user", original_text(ticket))],
-                     stage_times=ticket.stage_times, replay_tag=ticket.replay_tag)
+                     transcript=[Message("user", original_text(ticket))],
+                     stage_times=ticket.stage_times, replay_tag=ticket.replay_tag, **facts)
 
 
-def agent_facts(decision: RouteDecision) -> dict[str, object]:
-    """What the agent is told of the router's decision: route, intent (None: abstained), how
-    many tool calls the route allows, the shortlist of candidate intents (nearest first),
-    whether the customer is signed in and the entities found. Not the customer's id: the
-    agent's tool calls get it from the ticket (:func:`pipeline.agent.prompt.bind_arguments`),
-    so the provider never needs it."""
-    entities = {k: v for k, v in decision.values.items() if k not in ("intent", "customer_id")}
+def agent_facts(decision: RouteDecision) -> dict[str, Any]:
+    """What the agent is told of the router's decision (AgentStep's typed facts): route, intent
+    (None: abstained), how many tool calls the route allows, the shortlist of candidate
+    intents (nearest first), whether the customer is signed in and the entities found. Not
+    the customer's id: the agent's tool calls get it from the ticket
+    (:func:`pipeline.agent.prompt.bind_arguments`), so the provider never needs it."""
+    entities = {k: str(v) for k, v in decision.values.items() if k not in ("intent", "customer_id")}
     return {"route": decision.rule.name if decision.rule else None, "intent": decision.intent.intent,
-            "tool_calls": decision.rule.tool_calls if decision.rule else 0,
+            "tool_call_cap": decision.rule.tool_calls if decision.rule else 0,
             "classify": bool(decision.rule and decision.rule.classify),
             "candidates": list(decision.intent.candidates), "signed_in": "customer_id" in decision.values,
             "entities": entities}
@@ -102,8 +105,9 @@ class Router:
     name = "router"
 
     def __init__(self, engine: RouteEngine, encoder: Encoder, clock: Clock, agent_enabled: bool,
-                 metrics: RouterMetrics | None = None) -> None:
+                 metrics: RouterMetrics | None = None, side_effecting: frozenset[str] = frozenset()) -> None:
         self.engine = engine
+        self.side_effecting = side_effecting  # tools an audit ticket is never offered
         self.encoder = encoder
         self.clock = clock
         self.agent_enabled = agent_enabled
@@ -141,12 +145,16 @@ class Router:
         self.encoded += len(missing)
         return vectors
 
-    def prepare(self, batch: Sequence[tuple[TicketSubmitted, str]]) -> None:
-        decisions = self.decide([ticket for ticket, _ in batch])
-        self._decisions = {origin: d for (_, origin), d in zip(batch, decisions, strict=True)}
+    def handle_batch(self, batch: Sequence[tuple[TicketSubmitted, str]]) -> list[Outcome]:
+        """The batch's decisions at once (one embedding batch for what the cache stage did not send)."""
+        decisions = self.decide([ticket for ticket, _ in batch]) if batch else []
+        return [self._route(ticket, decision) for (ticket, _), decision in zip(batch, decisions, strict=True)]
 
     def handle(self, ticket: TicketSubmitted, origin: str) -> Outcome:
-        decision = self._decisions.pop(origin, None) or self.decide([ticket])[0]
+        """One ticket (a batch of one)."""
+        return self.handle_batch([(ticket, origin)])[0]
+
+    def _route(self, ticket: TicketSubmitted, decision: RouteDecision) -> Outcome:
         now = self.clock.now_ms()
         rule = decision.rule
         if decision.kind == "escalate" or rule is None:
@@ -163,7 +171,8 @@ class Router:
                                       embedding_model=None)
         if decision.kind == "tool":
             assert rule.tool is not None
-            call = ToolCall(call_id=router_call_id(ticket.ticket_id, rule.tool), ticket_id=ticket.ticket_id,
+            call = ToolCall(call_id=router_call_id(run_id(ticket.ticket_id, ticket.replay_tag), rule.tool),
+                            ticket_id=ticket.ticket_id,
                             tenant_id=ticket.tenant_id, tool=rule.tool, arguments=canonical(decision.arguments),
                             route=rule.name, reply_to="router", requested_at=now, step=pack(stamped))
             return Emit((Output("tools.calls", ticket.ticket_id, call),))
@@ -171,8 +180,11 @@ class Router:
             resolved = escalate(ticket, f"{AGENT_UNAVAILABLE}: route {rule.name}", self.name, now)
             return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
         lane = "batch" if ticket.lane == "batch" else rule.lane
-        step = first_step(stamped, rule.name, lane, rule.tier, sorted(rule.allowed_tools), rule.budget,
-                          agent_facts(decision))
+        tier, tools = rule.tier, sorted(rule.allowed_tools)
+        if is_audit(ticket.replay_tag):
+            # The audit's judge: the strongest model, and nothing that changes a customer's state.
+            tier, tools = "strong", [t for t in tools if t not in self.side_effecting]
+        step = first_step(stamped, rule.name, lane, tier, tools, rule.budget, agent_facts(decision))
         return Emit((Output(f"agent.steps.{lane}", ticket.ticket_id, step),))
 
 

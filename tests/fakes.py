@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
+
+from pipeline.cache.audit import AuditState
 
 
 class FixedClock:
@@ -47,3 +50,29 @@ class MemoryStepResults:
 
     def release(self, key: str) -> None:
         return None
+
+
+class MemoryAuditLedger:
+    """The cache audit's ledger in memory (the Redis one: pipeline/adapters/redis_audit.py)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, AuditState] = {}
+        self.seen: set[tuple[str, str]] = set()
+        self.history: list[tuple[str, int, str]] = []
+
+    def record(self, tenant: str, audit_id: str, agreed: bool) -> AuditState:
+        state = self.states.get(tenant, AuditState())
+        if (tenant, audit_id) not in self.seen:
+            self.seen.add((tenant, audit_id))
+            state = dataclasses.replace(state, audited=state.audited + 1, agreed=state.agreed + agreed)
+            self.states[tenant] = state
+        return state
+
+    def set_level(self, tenant: str, level: int, reason: str, at_audited: int | None = None) -> None:
+        state = self.states.get(tenant, AuditState())
+        self.states[tenant] = dataclasses.replace(state, level=level, tightened_at=(
+            at_audited if at_audited is not None else state.tightened_at))
+        self.history.append((tenant, level, reason))
+
+    def state(self, tenant: str) -> AuditState:
+        return self.states.get(tenant, AuditState())

@@ -10,11 +10,21 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from pipeline.adapters.redis_billing import RedisBilling
+from pipeline.adapters.redis_budget import RedisBudgets
+from pipeline.cache.audit import audited_ticket
 from pipeline.client import TicketflowClient
 from pipeline.datasets import banking77_sample
-from pipeline.events import DeadLetter, TicketSubmitted
+from pipeline.events import DeadLetter, TicketSubmitted, UsageRecord
+from pipeline.runtime.context import redis_client
 from pipeline.settings import Settings
 from pipeline.topic_reader import read_to_end
+
+# The agent's per-ticket cost cap (Limits.max_cost_micros): no reservation is larger.
+ONE_RESERVATION_MICROS = 60_000
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -114,3 +124,60 @@ class Supervisor:
                 if worker.proc is not None and worker.proc.poll() is not None:
                     self.restarts += 1
                     worker.start()
+
+
+def ours(ticket_id: str | None, ids: set[str]) -> bool:
+    """One of the test's tickets, or the cache audit's re-answer of one (its calls are billed too)."""
+    return ticket_id is not None and audited_ticket(ticket_id) in ids
+
+
+def accounted(client: TicketflowClient, ids: set[str]) -> tuple[int, list[UsageRecord]]:
+    usage = [u for u in client.events("llm.usage", UsageRecord, timeout_s=30)
+             if ours(u.ticket_id, ids) and u.kind == "llm"]
+    served = {u.record_id for u in usage if u.outcome == "ok"}
+    assert len(served) == sum(1 for u in usage if u.outcome == "ok"), "a served call was recorded twice"
+    return len(served), usage
+
+
+def billed(billing: RedisBilling, ids: set[str]) -> dict[str, int]:
+    """The provider's bill for these tickets' calls (their cache audits' included), per request
+    id (ticket:step:tier:attempt): a count above 1 is a call billed twice."""
+    return {rid: n for rid, n in billing.calls().items() if ours(rid.rsplit(":", 3)[0], ids)}
+
+
+def unconsumed(settings: Settings, group: str, topic: str) -> int:
+    """Records of ``topic`` (read_committed) at or past consumer group ``group``'s committed
+    offsets. (Not the high watermark minus the offset: transaction markers take offsets too.)"""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    admin = AdminClient(settings.kafka_common())
+    metadata = admin.list_topics(topic, timeout=10)
+    partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
+    committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, partitions)])[group].result()
+    position = {tp.partition: tp.offset for tp in committed.topic_partitions}
+    return sum(1 for message in read_to_end(settings.kafka_common(), topic, "read_committed")
+               if message.offset() >= position.get(message.partition(), -1))
+
+
+def assert_books_balance(settings: Settings, client: TicketflowClient, billing: RedisBilling, ids: set[str],
+                         counts: Counter[str], tenants: list[str]) -> int:
+    """What every fault test asserts after its fault: every ticket answered exactly once, no
+    dead letter, no call billed twice and every billed call accounted on ``llm.usage``, every
+    cache write processed (the cache writer's group has consumed all), and each tenant's
+    budget within one reservation of its accounted cost. Returns the calls served."""
+    lost = ids - set(counts)
+    assert not lost, f"{len(lost)} of {len(ids)} not answered, e.g. {sorted(lost)[:5]}"
+    assert max(counts.values()) == 1, [t for t, c in counts.items() if c > 1][:10]
+    letters = dead_letters(client)
+    assert letters == [], [(d.processor, d.error_class, d.error_message[:200]) for d in letters[:5]]
+    served, usage = accounted(client, ids)
+    bill = billed(billing, ids)
+    assert not bill or max(bill.values()) == 1, {rid: billing.lines(rid) for rid, n in bill.items() if n > 1}
+    assert len(bill) == served, (len(bill), served)
+    assert unconsumed(settings, f"{settings.topic_prefix}ticketflow.cache-writer",
+                      client.topic("tickets.responses")) == 0
+    budgets = RedisBudgets(redis_client(settings), settings.redis_key_prefix())
+    for tenant in tenants:
+        cost = sum(u.cost_micros for u in usage if u.outcome == "ok" and u.tenant_id == tenant)
+        assert abs(budgets.spent(tenant) - cost) <= ONE_RESERVATION_MICROS, (tenant, budgets.spent(tenant), cost)
+    return served

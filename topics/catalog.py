@@ -52,6 +52,12 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec("llm.usage", "tenant_id", "UsageRecord", "all -> accounting", retention_ms=30 * DAY_MS),
     TopicSpec("tickets.responses", "ticket_id", "TicketResolved", "any stage -> users, cache writer",
               retention_ms=30 * DAY_MS),
+    # Answers of replayed tickets and of the cache audit: never the customers' egress.
+    TopicSpec("tickets.replay.responses", "ticket_id", "TicketResolved",
+              "any stage -> replay reports, cache audit", retention_ms=30 * DAY_MS),
+    # A support desk's verdicts on answers: confirm or reject the cache entry behind them.
+    TopicSpec("tickets.feedback", "ticket_id", "CacheFeedback", "support desk -> cache feedback",
+              retention_ms=30 * DAY_MS),
     # Every cache replica (one per cache worker with the embedded Qdrant Edge) reads all of it
     # and rebuilds from it: retention covers the longest cache TTL.
     TopicSpec("cache.updates", "tenant_id", "CacheUpdate", "cache writer, cache purge -> cache replicas",
@@ -59,7 +65,7 @@ CATALOG: tuple[TopicSpec, ...] = (
     # Data changes behind cached tool results (a side-effecting tool, an operator); keyed by
     # tenant so that one tenant's invalidations stay in order.
     TopicSpec("tools.invalidations", "tenant_id", "ToolInvalidation", "tools, operators -> tool cache"),
-    TopicSpec("pipeline.metrics", "tenant_id", "CostSummary", "accounting -> users",
+    TopicSpec("pipeline.metrics", "tenant_id", "CostSummary|CacheAudit", "accounting, cache audit -> users",
               retention_ms=30 * DAY_MS),
     TopicSpec("tickets.dlq", "original key", "DeadLetter", "any -> operators, redrive",
               retention_ms=30 * DAY_MS, max_message_bytes=DLQ_MAX_BYTES, dlq=None),

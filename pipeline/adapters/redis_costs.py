@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from pipeline.events import UsageRecord
+from pipeline.faults import adapter
 
 _APPLY = """
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -37,6 +38,7 @@ class Aggregate:
     window_start: int
 
 
+@adapter("redis")
 class RedisCostWindows:
     def __init__(self, client: redis.Redis[bytes], key_prefix: str, window_ms: int = 60_000,
                  ttl_s: int = 3 * 24 * 3600) -> None:

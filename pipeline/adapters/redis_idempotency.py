@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import redis
 
 from pipeline.errors import TransientError
+from pipeline.faults import adapter
 
 # Returns 1 when ARGV[1] (the origin) owns the key: it set it now, or set it before.
 _CLAIM = """
@@ -20,6 +21,7 @@ return 0
 """
 
 
+@adapter("redis")
 class RedisIdempotencyStore:
     """``claim`` as specified by :class:`pipeline.processing.IdempotencyStore`.
 
@@ -43,4 +45,4 @@ class RedisIdempotencyStore:
                 self._script(keys=[key], args=[origin, self._ttl_s], client=pipe)
             return [bool(result) for result in pipe.execute()]
         except redis.RedisError as exc:
-            raise TransientError(f"redis idempotency claim failed: {exc}") from exc
+            raise TransientError(f"redis idempotency claim failed: {exc}", "redis") from exc

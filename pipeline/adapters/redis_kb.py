@@ -8,8 +8,10 @@ import time
 import redis
 
 from pipeline.cache.semantic_cache import DEFAULT_KB_VERSION
+from pipeline.faults import adapter
 
 
+@adapter("redis")
 class RedisKbVersions:
     """``current`` is at most ``refresh_s`` stale in a worker; ``set`` is seen by all at once after that."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import redis
 
+from pipeline.faults import adapter
+
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -24,6 +26,7 @@ return 0
 """
 
 
+@adapter("redis")
 class RedisRateLimiter:
     def __init__(self, client: redis.Redis[bytes], key_prefix: str, rate_per_s: float, burst: int) -> None:
         if rate_per_s <= 0 or burst < 1:

@@ -11,9 +11,11 @@ from dataclasses import asdict
 
 import redis
 
+from pipeline.faults import adapter
 from pipeline.llm.types import LLMResponse, RequestedToolCall
 
 
+@adapter("redis")
 class RedisStepResults:
     def __init__(self, client: redis.Redis[bytes], key_prefix: str, ttl_s: int = 7 * 24 * 3600) -> None:
         self.client = client

@@ -13,9 +13,11 @@ from typing import Any
 
 import redis
 
+from pipeline.faults import adapter
 from pipeline.tools.registry import ToolSpec, arguments_digest
 
 
+@adapter("redis")
 class RedisToolCache:
     def __init__(self, client: redis.Redis[bytes], key_prefix: str, ttl_s: int = 300) -> None:
         self.client = client

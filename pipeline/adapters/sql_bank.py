@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pipeline.errors import TicketflowError
+from pipeline.errors import TicketflowError, Transient
 
 METADATA = sa.MetaData()
 
@@ -89,10 +89,11 @@ class Refused(TicketflowError):
     """A side effect the data does not allow (e.g. refunding more than was paid): no retry."""
 
 
-class StoreUnavailable(TicketflowError):
-    """The database could not be reached or failed: retryable."""
+class StoreUnavailable(Transient):
+    """The database could not be reached or failed: transient (the runtime waits for it)."""
 
-    retryable = True
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "sql")
 
 
 def money(cents: int, currency: str) -> str:

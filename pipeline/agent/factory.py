@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
 
 import redis
 
@@ -13,6 +14,7 @@ from pipeline.adapters.redis_step_results import RedisStepResults
 from pipeline.agent.machine import CascadePolicy
 from pipeline.agent.prompt import system_prompt, tool_definitions
 from pipeline.agent.runner import Limits, StepRunner
+from pipeline.llm.batch import BatchAPI, BatchCollector
 from pipeline.llm.pricing import PricingTable
 from pipeline.llm.simulated import SimulatedProvider
 from pipeline.llm.types import LLMProvider, ToolDefinition
@@ -50,7 +52,7 @@ def build_runner(settings: Settings, client: redis.Redis[bytes], tools: ToolRegi
     def tenant_budget(tenant: str) -> int:
         return settings.tenant_budgets.get(tenant, settings.tenant_daily_budget_micros)
 
-    return StepRunner(
+    runner = StepRunner(
         provider=build_provider(settings, client, intents),
         models=tiers(settings),
         fallback_model=settings.llm_fallback_model,
@@ -78,3 +80,28 @@ def build_runner(settings: Settings, client: redis.Redis[bytes], tools: ToolRegi
         batch_limiter=RedisRateLimiter(client, f"{prefix}batch:", settings.llm_rate_per_s * share,
                                        max(1, int(settings.llm_rate_burst * share))),
     )
+    if settings.llm_batch_api:
+        runner.batch_api = build_batch_collector(settings, client, runner.provider, runner.ledger.io)
+    return runner
+
+
+def build_batch_collector(settings: Settings, client: redis.Redis[bytes], provider: LLMProvider,
+                          io: Callable[..., Awaitable[Any]]) -> BatchCollector:
+    """The batch lane's Batch API: OpenAI's through the SDK, or the simulated provider's."""
+    from pipeline.adapters.redis_batch_jobs import RedisBatchJobs
+
+    api: BatchAPI
+    poll_s = settings.llm_batch_poll_s
+    if isinstance(provider, SimulatedProvider):
+        from pipeline.llm.simulated_batch import SimulatedBatches
+
+        api = SimulatedBatches(provider, client, settings.redis_key_prefix(), settings.sim_batch_window_s)
+        poll_s *= settings.sim_time_scale
+    else:
+        from pipeline.llm.openai_batch import OpenAIBatches
+        from pipeline.llm.openai_provider import OpenAIProvider
+
+        assert isinstance(provider, OpenAIProvider)
+        api = OpenAIBatches(provider)
+    return BatchCollector(api, RedisBatchJobs(client, settings.redis_key_prefix()), io,
+                          settings.llm_batch_max_lines, settings.llm_batch_max_wait_s, poll_s)

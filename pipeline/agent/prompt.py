@@ -69,8 +69,17 @@ def facts_message(facts: Mapping[str, Any]) -> ChatMessage:
     return ChatMessage("system", FACTS_PREFIX + json.dumps(facts, sort_keys=True))
 
 
+def step_facts(step: AgentStep) -> dict[str, Any]:
+    """The step's typed facts as the model is shown them (the keys the prompts name)."""
+    return {"route": step.route, "intent": step.intent, "tool_calls": step.tool_call_cap,
+            "classify": step.classify, "candidates": list(step.candidates), "signed_in": step.signed_in,
+            "entities": dict(step.entities)}
+
+
 def read_facts(messages: Sequence[ChatMessage]) -> dict[str, Any]:
-    """The router's facts from a transcript ({} when there are none or they do not parse)."""
+    """The facts as a model reads them from a request's messages ({} when there are none or
+    they do not parse): for the simulated provider, which stands for a model. Code reads
+    the step's typed fields instead (a guardrail must not depend on parsing a prompt)."""
     for message in messages:
         if message.role == "system" and message.content.startswith(FACTS_PREFIX):
             try:
@@ -125,11 +134,15 @@ def bind_arguments(arguments: str, spec: ToolSpec, values: Mapping[str, str | No
 
 def build_request(step: AgentStep, model: str, system: str, tools: tuple[ToolDefinition, ...],
                   request_id: str, max_tokens: int, response_schema: dict[str, Any] | None = None) -> LLMRequest:
-    messages = (ChatMessage("system", system), *step.transcript)
+    """The provider boundary: the facts are rendered here from the step's typed fields; a facts
+    message found in the transcript (a step written before AgentStep v2, or a corrupted one)
+    is dropped, never shown next to them."""
+    history = [m for m in step.transcript if not (m.role == "system" and m.content.startswith(FACTS_PREFIX))]
+    messages = (ChatMessage("system", system), facts_message(step_facts(step)), *history)
     return LLMRequest(model=model, messages=messages, tools=tools, max_tokens=max_tokens, request_id=request_id,
                       response_schema=response_schema)
 
 
 def classifying(step: AgentStep) -> bool:
     """Whether this step only picks the ticket's intent (the route says ``classify``; first step)."""
-    return step.step == 0 and bool(read_facts(step.transcript).get("classify"))
+    return step.step == 0 and step.classify

@@ -26,11 +26,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from pipeline.agent.ledger import Budgets, CallLedger, RateLimiter, StepResults
 from pipeline.agent.machine import Action, CascadePolicy, Final, Reject, interpret
-from pipeline.agent.prompt import CLASSIFY_PROMPT, KEY_SCHEMA, build_request, classifying, read_facts
+from pipeline.agent.prompt import CLASSIFY_PROMPT, KEY_SCHEMA, build_request, classifying
 from pipeline.events import AgentStep
+from pipeline.llm.batch import BatchCollector, checked_reply
 from pipeline.llm.pricing import PricingTable
 from pipeline.llm.simulated import SimulatedProvider
 from pipeline.llm.tokens import count_tokens
@@ -44,32 +45,10 @@ from pipeline.llm.types import (
     RateLimited,
     ToolDefinition,
 )
+from pipeline.replay.tags import is_replay, run_id
 from pipeline.resilience import CircuitBreaker, RetrySchedule
 
 log = logging.getLogger(__name__)
-
-
-class StepResults(Protocol):
-    def get(self, call_key: str) -> LLMResponse | None: ...
-
-    def put(self, call_key: str, response: LLMResponse) -> LLMResponse: ...
-
-    def claim(self, call_key: str, owner: str, ttl_s: float) -> bool: ...
-
-    def renew(self, call_key: str, owner: str, ttl_s: float) -> None: ...
-
-    def release(self, call_key: str) -> None: ...
-
-
-class Budgets(Protocol):
-    def reserve(self, tenant: str, ticket: str, reservation: str, amount_micros: int, tenant_limit: int,
-                ticket_limit: int) -> object: ...
-
-    def settle(self, tenant: str, ticket: str, reservation: str, actual_micros: int) -> bool: ...
-
-
-class RateLimiter(Protocol):
-    def acquire(self, provider: str, model: str) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -120,8 +99,11 @@ class StepRunner:
                  breaker: Callable[[str], CircuitBreaker] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, seed: int = 0,
                  lane_models: dict[str, dict[str, str]] | None = None,
-                 batch_limiter: RateLimiter | None = None) -> None:
+                 batch_limiter: RateLimiter | None = None, batch_api: BatchCollector | None = None,
+                 batch_timeout_s: float = 26 * 3600.0) -> None:
         self.provider = provider
+        self.batch_api = batch_api  # the batch lane's calls go through the provider's Batch API
+        self.batch_timeout_s = batch_timeout_s  # its completion window, and a margin
         self.models = models  # tier -> model
         self.lane_models = lane_models or {}  # a lane's own tiers (e.g. batch), else ``models``
         self.batch_limiter = batch_limiter  # the batch lane's share of each provider's rate limit
@@ -146,6 +128,7 @@ class StepRunner:
         # A lease covers one attempt (renewed before each): a crashed holder delays the step's
         # re-run by at most one call timeout.
         self.lease_s = self.limits.call_timeout_s + 5
+        self.ledger = CallLedger(store, budgets, sleep)
 
     def breaker(self, model: str) -> CircuitBreaker:
         key = f"{self.provider.name}:{model}"
@@ -175,7 +158,7 @@ class StepRunner:
             return StepRun([], None, stop)
         models = self.models_for(step.lane)
         ladder = list(models)  # cheapest first; the last tier is the top
-        routed = read_facts(step.transcript).get("intent")
+        routed = step.intent
         index = ladder.index(step.model_tier) if step.model_tier in models else len(ladder) - 1
         calls: list[CallRecord] = []
         action: Action | None = None
@@ -207,28 +190,17 @@ class StepRunner:
 
     async def call(self, step: AgentStep, tier: str) -> CallRecord:
         call_key = f"{step.step_id}:{tier}"
-        recorded = await self._recorded_or_claim(call_key)
+        recorded = await self.ledger.recorded_or_claim(call_key, self.owner, self.lease_s)
         if recorded is not None:
             asked = str(recorded.extra.get("requested_model", recorded.model))
-            cost = self.pricing.cost_micros(asked, recorded.tokens_in, recorded.tokens_out, recorded.tokens_cached)
-            return CallRecord(call_key, tier, asked, recorded.provider, recorded, cost, reused=True)
+            return CallRecord(call_key, tier, asked, recorded.provider, recorded, self._cost(recorded), reused=True)
+        record: CallRecord | None = None
         try:
-            return await self._call(step, tier, call_key)
+            record = await self._call(step, tier, call_key)
+            return record
         finally:
-            self.store.release(call_key)
-
-    async def _recorded_or_claim(self, call_key: str) -> LLMResponse | None:
-        """The recorded result, or None once this runner holds the call's lease. While another
-        runner holds it (the same step elsewhere), wait for its result instead of calling."""
-        lease_s = self.lease_s
-        while True:
-            recorded = self.store.get(call_key)
-            if recorded is not None:
-                return recorded
-            if self.store.claim(call_key, self.owner, lease_s):
-                recorded = self.store.get(call_key)  # recorded between the two reads
-                return recorded
-            await self.sleep(0.05)
+            if record is None or record.response is None:
+                await self.ledger.release(call_key)  # a recorded reply needs no lease: it is found first
 
     async def _call(self, step: AgentStep, tier: str, call_key: str) -> CallRecord:
         primary = self.models_for(step.lane)[tier]
@@ -248,24 +220,28 @@ class StepRunner:
                 return record
             record.model = model
             record.attempts += 1
-            self.store.renew(call_key, self.owner, self.lease_s)
             request = self.request(step, model, tools, f"{call_key}:{record.attempts}")
             reservation = f"{call_key}:{record.attempts}"
-            granted = self.budgets.reserve(step.tenant_id, step.ticket_id, reservation,
-                                           self.worst_case_micros(model, request),
-                                           tenant_limit, ticket_limit)
+            granted = await self.ledger.begin_attempt(call_key, self.owner, self.lease_s, step.tenant_id,
+                                                      run_id(step.ticket_id, step.replay_tag), reservation,
+                                                      self.worst_case_micros(model, request), tenant_limit,
+                                                      ticket_limit, replay_scope(step))
             if not getattr(granted, "granted", True):
                 record.outcome = f"budget: {getattr(granted, 'reason', 'refused')}"
                 return record
-            if step.lane == "batch" and self.batch_limiter is not None:
-                await self._wait_for_rate(model, self.batch_limiter)  # the batch lane's share first
-            await self._wait_for_rate(model, self.limiter)
+            batched = self.batch_api is not None and step.lane == "batch"
+            if not batched:  # a Batch API job has its own quota, not the real-time rate limit
+                limiters = [self.batch_limiter] if step.lane == "batch" and self.batch_limiter else []  # share first
+                await self.ledger.wait_for_rate([*limiters, *([self.limiter] if self.limiter else [])],
+                                                self.provider.name, model)
             retry_after: float | None = None
             try:
-                response = await asyncio.wait_for(self._served(request, call_key, model), self.limits.call_timeout_s)
+                served, recorded = await asyncio.wait_for(
+                    self._served(request, call_key, model, batched),
+                    self.batch_timeout_s if batched else self.limits.call_timeout_s)
             except (ProviderError, TimeoutError) as exc:
                 error = exc if isinstance(exc, ProviderError) else ProviderTimeout("call timed out")
-                self.budgets.settle(step.tenant_id, step.ticket_id, reservation, 0)
+                await self.ledger.settle(step.tenant_id, run_id(step.ticket_id, step.replay_tag), reservation, 0)
                 record.failures.append(type(error).__name__)
                 record.outcome = type(error).__name__
                 if getattr(error, "breaker_failure", True):
@@ -277,26 +253,40 @@ class StepRunner:
                     return record
                 await self.sleep(delay)
                 continue
+            # Recorded the moment it arrived; if the store was down, outside the call's timeout,
+            # a reply that was paid for waits for its store however long it is down.
+            response = recorded or await self.ledger.record(call_key, served)
+            await self.ledger.settle(step.tenant_id, run_id(step.ticket_id, step.replay_tag), reservation,
+                                     self._cost(served))
             record.response = response
-            record.cost_micros = self.pricing.cost_micros(model, response.tokens_in, response.tokens_out,
-                                                          response.tokens_cached)
-            self.budgets.settle(step.tenant_id, step.ticket_id, reservation, record.cost_micros)
+            record.cost_micros = self._cost(response)
             self.breaker(model).record_success()
             record.outcome = "ok"
             return record
         return record
 
-    async def _served(self, request: LLMRequest, call_key: str, model: str) -> LLMResponse:
-        """The provider's reply, recorded under the call in the same task the moment it arrives
-        (no other task runs between the reply and the record: a crash in between is as
-        unlikely as it can be made), before the step's output can commit."""
+    def _cost(self, response: LLMResponse) -> int:
+        """Micro-dollars of a reply, priced by the model asked for (a provider may answer with a
+        dated snapshot name)."""
+        asked = str(response.extra.get("requested_model", response.model))
+        return self.pricing.cost_micros(asked, response.tokens_in, response.tokens_out, response.tokens_cached,
+                                        batch="batch_id" in response.extra)
+
+    async def _served(self, request: LLMRequest, call_key: str, model: str,
+                      batched: bool = False) -> tuple[LLMResponse, LLMResponse | None]:
+        """The provider's reply (a malformed one too: it was served and billed, the workflow
+        rejects it), and the reply as recorded the moment it arrived (None: the store was
+        unreachable), in the task that received it. ``batched``: through the Batch API."""
         try:
-            response = await self.provider.complete(request)
+            if batched and self.batch_api is not None:
+                response = checked_reply(await self.batch_api.complete(request))
+            else:
+                response = await self.provider.complete(request)
         except MalformedOutput as exc:
-            response = exc.response  # served and billed: record it, the workflow rejects it
+            response = exc.response
         # Priced by the model asked for: a provider may answer with a dated snapshot name.
         response = dataclasses.replace(response, extra={**response.extra, "requested_model": model})
-        return self.store.put(call_key, response)
+        return response, self.ledger.record_now(call_key, response)
 
     def request(self, step: AgentStep, model: str, tools: tuple[ToolDefinition, ...], request_id: str) -> LLMRequest:
         if classifying(step):  # the intent only: a short prompt, no tools, a few output tokens
@@ -306,15 +296,6 @@ class StepRunner:
     def models_for(self, lane: str) -> dict[str, str]:
         return self.lane_models.get(lane) or self.models
 
-    async def _wait_for_rate(self, model: str, limiter: RateLimiter | None) -> None:
-        if limiter is None:
-            return
-        while True:
-            wait = limiter.acquire(self.provider.name, model)
-            if wait <= 0:
-                return
-            await self.sleep(min(wait, 1.0))
-
 
 def offered_tools(step: AgentStep) -> list[str]:
     """The tools this step may call: the route's, until the ticket has made as many tool
@@ -322,9 +303,8 @@ def offered_tools(step: AgentStep) -> list[str]:
     answers from what the tools returned. Code, not the model, ends the gathering."""
     if classifying(step):
         return []
-    allowed = read_facts(step.transcript).get("tool_calls")
     made = sum(1 for m in step.transcript if m.role == "tool")
-    if isinstance(allowed, int) and made >= allowed:
+    if made >= step.tool_call_cap:  # typed, defaults to 0: fails closed
         return []
     return list(step.allowed_tools)
 
@@ -339,10 +319,21 @@ def _reason(record: CallRecord) -> str:
 
 def naive_step_cost(provider: SimulatedProvider, pricing: PricingTable, request: LLMRequest) -> int:
     """The cost of one call as the naive loop would pay it (strong model, no cache, no rules)."""
+    return naive_step(provider, pricing, request)[0]
+
+
+def naive_step(provider: SimulatedProvider, pricing: PricingTable, request: LLMRequest) -> tuple[int, float]:
+    """One call of the naive loop: its cost (micro-dollars) and its latency (ms, the simulated
+    provider's model at full scale)."""
     tokens_in, cached = provider.count_input(request)
     text, calls, _ = provider.decide(request)
     tokens_out = max(1, count_tokens(text + "".join(c.name + c.arguments for c in calls)))
-    return pricing.cost_micros(request.model, tokens_in, tokens_out, cached)
+    return pricing.cost_micros(request.model, tokens_in, tokens_out, cached), provider.timing_ms(request, tokens_out)[1]
 
 
-__all__ = ["CallRecord", "Final", "Limits", "StepRun", "StepRunner", "naive_step_cost"]
+__all__ = ["CallRecord", "Final", "Limits", "StepRun", "StepRunner", "naive_step", "naive_step_cost"]
+
+
+def replay_scope(step: AgentStep) -> str | None:
+    """The budget scope of a replay's calls (its tag: ``replay --budget`` caps it)."""
+    return step.replay_tag if is_replay(step.replay_tag) else None

@@ -18,8 +18,16 @@ import numpy as np
 import numpy.typing as npt
 import qdrant_edge as qe
 
-from pipeline.cache.index import DECISION_FIELDS, StoredEntry, neighbour_from_payload, point_id, tenant_slug
+from pipeline.cache.index import (
+    DECISION_FIELDS,
+    StoredEntry,
+    confirmation_payload,
+    neighbour_from_payload,
+    point_id,
+    tenant_slug,
+)
 from pipeline.cache.policy import Neighbour
+from pipeline.faults import adapter
 
 VECTOR = "text"
 _INDEXED = (("expires_at", qe.PayloadSchemaType.Integer), ("created_at", qe.PayloadSchemaType.Integer),
@@ -34,6 +42,7 @@ def live_filter(now_ms: int, kb_version: str) -> qe.Filter:
                            qe.FieldCondition("kb_version", match=qe.MatchValue(kb_version))])
 
 
+@adapter("qdrant-edge")
 class EdgeIndex:
     def __init__(self, root: Path, dim: int, indexing_threshold: int = 10_000) -> None:
         self.root = root
@@ -97,6 +106,20 @@ class EdgeIndex:
             return None
         records = shard.retrieve([point_id(tenant, entry_id)], qe.PayloadSelector.Include(["answer"]), False)
         return str((records[0].payload or {})["answer"]) if records else None
+
+    def confirm(self, tenant: str, entry_id: str, source: str) -> None:
+        shard = self._shard(tenant, create=False)
+        if shard is None:
+            return
+        pid = point_id(tenant, entry_id)
+        found = shard.retrieve([pid], qe.PayloadSelector.Include(["trusted"]), False)
+        if found and not (found[0].payload or {}).get("trusted", False):  # a trusted source stays as it is
+            shard.update(qe.UpdateOperation.set_payload([pid], confirmation_payload(source)))
+
+    def delete(self, tenant: str, entry_id: str) -> None:
+        shard = self._shard(tenant, create=False)
+        if shard is not None:
+            shard.update(qe.UpdateOperation.delete_points([point_id(tenant, entry_id)]))
 
     def purge(self, tenant: str, resolution_key: str | None = None, before_ms: int | None = None,
               keep_kb_version: str | None = None) -> None:

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.errors import ConfigurationError
+from pipeline.faults import adapter
 
 log = logging.getLogger(__name__)
 Vectors = npt.NDArray[np.float32]
@@ -62,6 +63,7 @@ def _normalise(rows: npt.NDArray[Any]) -> Vectors:
     return np.asarray(rows / np.clip(norms, 1e-12, None), dtype=np.float32)
 
 
+@adapter("embedder")
 class SentenceTransformerEmbedder:
     """A sentence-transformers model (the bundled all-MiniLM-L6-v2 by default)."""
 
@@ -288,3 +290,14 @@ class MicroBatcher:
             part = order[start:start + self.chunk]
             out[part] = self.embedder.encode([texts[i] for i in part])
         return out
+
+
+def encode_all(batcher: MicroBatcher, texts: Sequence[str],
+               progress: Callable[[str, int, int], None] | None = None, chunk: int = 512) -> Vectors:
+    """Embeddings of many texts (rows in order), ``chunk`` at a time, reporting progress."""
+    vectors = np.zeros((len(texts), batcher.dim), dtype=np.float32)
+    for start in range(0, len(texts), chunk):
+        vectors[start:start + chunk] = batcher.encode_sorted(texts[start:start + chunk])
+        if progress:
+            progress("embed", min(start + chunk, len(texts)), len(texts))
+    return vectors

@@ -8,7 +8,7 @@ import threading
 from pipeline.cache.embedder import MicroBatcher, SentenceTransformerEmbedder
 from pipeline.cache.index import VectorIndex
 from pipeline.cache.metrics import CacheMetrics
-from pipeline.cache.semantic_cache import KbVersions, PolicyBook, SemanticCache
+from pipeline.cache.semantic_cache import KbVersions, PolicyBook, PolicyLevels, SecondOpinions, SemanticCache
 from pipeline.processing import SystemClock
 from pipeline.settings import Settings
 
@@ -38,10 +38,12 @@ def build_index(settings: Settings, instance_id: str, dim: int) -> VectorIndex:
 
 
 def build_cache(settings: Settings, instance_id: str, kb_versions: KbVersions,
-                metrics: CacheMetrics | None = None, embedder: MicroBatcher | None = None) -> SemanticCache:
+                metrics: CacheMetrics | None = None, embedder: MicroBatcher | None = None,
+                opinions: SecondOpinions | None = None, levels: PolicyLevels | None = None) -> SemanticCache:
     embedder = embedder or build_embedder(settings)
     cache = SemanticCache(embedder, build_index(settings, instance_id, embedder.dim), SystemClock(),
-                          PolicyBook.load(settings.cache_policy_file), kb_versions, metrics, settings.cache_ttl_s)
+                          PolicyBook.load(settings.cache_policy_file), kb_versions, metrics, settings.cache_ttl_s,
+                          opinions=opinions, levels=levels)
     stop = threading.Event()
 
     def upkeep() -> None:

@@ -22,6 +22,24 @@ from pipeline.cache.policy import Neighbour
 _NAMESPACE = uuid.UUID("6f1b7a52-5d0e-4c64-9b54-1c3e3f0a7a11")
 
 
+#: Where an entry came from. Trusted sources answer on their own; an ``agent`` answer is
+#: provisional until an ``audit`` or a ``human`` (support desk feedback, an operator) confirms
+#: it. ``legacy``: written before entries recorded their source (provisional).
+SOURCES = ("seed", "rule", "tool", "agent", "audit", "human", "legacy")
+TRUSTED_SOURCES = frozenset({"seed", "rule", "tool", "audit", "human"})
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    source: str = "seed"
+    model_tier: str | None = None  # the agent's model that gave the answer
+    confidence: float | None = None  # the agent's own confidence in its key
+
+    @property
+    def trusted(self) -> bool:
+        return self.source in TRUSTED_SOURCES
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
     """One cached question and its answer. ``text`` is PII-redacted before it gets here."""
@@ -33,11 +51,21 @@ class StoredEntry:
     kb_version: str
     created_at: int
     expires_at: int
+    provenance: Provenance = Provenance()
 
     def payload(self, tenant: str) -> dict[str, Any]:
         return {"tenant": tenant, "entry_id": self.entry_id, "text": self.text, "answer": self.answer,
                 "resolution_key": self.resolution_key, "kb_version": self.kb_version,
-                "created_at": self.created_at, "expires_at": self.expires_at}
+                "created_at": self.created_at, "expires_at": self.expires_at,
+                "source": self.provenance.source, "trusted": self.provenance.trusted,
+                "model_tier": self.provenance.model_tier, "confidence": self.provenance.confidence}
+
+
+def confirmation_payload(source: str) -> dict[str, Any]:
+    """The payload change that confirms an entry (an audit or a human agreed with its key)."""
+    if source not in TRUSTED_SOURCES:
+        raise ValueError(f"an entry is confirmed by a trusted source, not {source!r}")
+    return {"source": source, "trusted": True}
 
 
 def point_id(tenant: str, entry_id: str) -> str:
@@ -52,13 +80,13 @@ def tenant_slug(tenant: str) -> str:
 
 
 #: The payload a search returns: what the hit decision reads. The answer is fetched for hits only.
-DECISION_FIELDS = ("entry_id", "resolution_key", "text")
+DECISION_FIELDS = ("entry_id", "resolution_key", "text", "trusted")
 
 
 def neighbour_from_payload(score: float, payload: dict[str, Any]) -> Neighbour:
     return Neighbour(similarity=float(score), resolution_key=str(payload["resolution_key"]),
                      text=str(payload["text"]), answer=payload.get("answer"),
-                     entry_id=str(payload["entry_id"]))
+                     entry_id=str(payload["entry_id"]), trusted=bool(payload.get("trusted", False)))
 
 
 class VectorIndex(Protocol):
@@ -76,6 +104,14 @@ class VectorIndex(Protocol):
 
     def answer(self, tenant: str, entry_id: str) -> str | None:
         """The stored answer of one entry (None when it is gone)."""
+        ...
+
+    def confirm(self, tenant: str, entry_id: str, source: str) -> None:
+        """Mark one entry trusted, confirmed by ``source`` (``audit`` or ``human``); a no-op when gone."""
+        ...
+
+    def delete(self, tenant: str, entry_id: str) -> None:
+        """Remove one entry (rejected by an audit or by feedback); a no-op when gone."""
         ...
 
     def purge(self, tenant: str, resolution_key: str | None = None, before_ms: int | None = None,

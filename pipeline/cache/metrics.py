@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pipeline.cache.audit import AuditState
 from pipeline.cache.policy import Verdict
 
 # Index search + decision: ~1 ms; the budget is 5 ms at p99 with 100k entries per tenant.
@@ -33,3 +34,34 @@ class CacheMetrics:
         self.lookups.labels(tenant, result, verdict.reason).inc()
         if verdict.similarity is not None:
             self.similarity.labels(result).observe(verdict.similarity)
+
+
+class AuditMetrics:
+    """The live audit per tenant: counts, the precision estimate and its 95 % interval, the
+    policy level. Gauges hold the ledger's state as of the last audit this worker recorded."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.audits = Counter("ticketflow_cache_audits_total", "Audited cache hits by outcome",
+                              ["tenant", "outcome"], registry=registry)
+        self.precision = Gauge("ticketflow_cache_audit_precision", "Audited share of hits whose key the "
+                               "auditing path confirmed", ["tenant"], registry=registry)
+        self.precision_low = Gauge("ticketflow_cache_audit_precision_low", "Wilson 95 % lower bound",
+                                   ["tenant"], registry=registry)
+        self.precision_high = Gauge("ticketflow_cache_audit_precision_high", "Wilson 95 % upper bound",
+                                    ["tenant"], registry=registry)
+        self.audited = Gauge("ticketflow_cache_audited", "Audited hits so far (ledger)", ["tenant"],
+                             registry=registry)
+        self.level = Gauge("ticketflow_cache_policy_level", "The audit's tightening level of the tenant's "
+                           "hit policy (0: as calibrated)", ["tenant"], registry=registry)
+        self.target = Gauge("ticketflow_cache_audit_target", "The precision the tenant's cache must hold",
+                            ["tenant"], registry=registry)
+
+    def observe(self, tenant: str, agreed: bool, state: AuditState, target: float) -> None:
+        self.audits.labels(tenant, "agreed" if agreed else "disagreed").inc()
+        low, high = state.interval
+        self.precision.labels(tenant).set(state.estimate)
+        self.precision_low.labels(tenant).set(low)
+        self.precision_high.labels(tenant).set(high)
+        self.audited.labels(tenant).set(state.audited)
+        self.level.labels(tenant).set(state.level)
+        self.target.labels(tenant).set(target)

@@ -104,17 +104,19 @@ def polarity(text: str) -> Polarity:
     negated: set[str] = set()
     affirmed: set[str] = set()
     for clause in _CLAUSE_END.split(text.lower().replace("\u2019", "'")):
-        pending = extend = subject = False
+        pending = extend = subject = governs_object = False
         for word in _tokens(clause or ""):
             if word in _CUES:
                 pending = True
+                # "without my card": the noun after the determiner is what is absent
+                governs_object = word == "without"
                 continue
             if word in _ANTONYMS:  # "not missing" is "showing"
                 (affirmed if pending else negated).add(_ANTONYMS[word])
                 pending = False
                 continue
             if pending and word in _DETERMINERS:
-                subject = True
+                subject = not governs_object
                 continue
             if pending and subject and word not in _SKIP:  # the subject noun: stated, not negated
                 affirmed.add(stem(word))

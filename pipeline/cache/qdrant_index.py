@@ -15,10 +15,12 @@ import numpy as np
 import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 
-from pipeline.cache.index import DECISION_FIELDS, StoredEntry, neighbour_from_payload, point_id
+from pipeline.cache.index import DECISION_FIELDS, StoredEntry, confirmation_payload, neighbour_from_payload, point_id
 from pipeline.cache.policy import Neighbour
+from pipeline.faults import adapter
 
 
+@adapter("qdrant")
 class QdrantServerIndex:
     def __init__(self, client: QdrantClient, collection: str, dim: int) -> None:
         self.client = client
@@ -62,6 +64,17 @@ class QdrantServerIndex:
         if not records or (records[0].payload or {}).get("tenant") != tenant:
             return None
         return str((records[0].payload or {})["answer"])
+
+    def confirm(self, tenant: str, entry_id: str, source: str) -> None:
+        # The tenant condition keeps the change inside the tenant's partition.
+        self.client.set_payload(self.collection, payload=confirmation_payload(source), points=models.FilterSelector(
+            filter=self._tenant(tenant, models.FieldCondition(key="entry_id", match=models.MatchValue(value=entry_id)),
+                                must_not=[models.FieldCondition(key="trusted", match=models.MatchValue(value=True))])),
+            wait=True)
+
+    def delete(self, tenant: str, entry_id: str) -> None:
+        self.client.delete(self.collection, points_selector=models.FilterSelector(filter=self._tenant(
+            tenant, models.FieldCondition(key="entry_id", match=models.MatchValue(value=entry_id)))), wait=True)
 
     def purge(self, tenant: str, resolution_key: str | None = None, before_ms: int | None = None,
               keep_kb_version: str | None = None) -> None:

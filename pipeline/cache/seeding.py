@@ -18,5 +18,6 @@ def seed_updates(path: Path, tenant: str, kb_version: str, now_ms: int, ttl_ms: 
     """One upsert per row of a CSV with ``text`` and ``label`` (or ``category``), optional ``answer``."""
     return [CacheUpdate(tenant_id=tenant, op="upsert", created_at=now_ms, entry_id=f"seed:{path.name}:{line}",
                         text=redact(query.text), answer=row.get("answer", "").strip() or default_answer(query.label),
-                        resolution_key=query.label, kb_version=kb_version, expires_at=now_ms + ttl_ms)
+                        resolution_key=query.label, kb_version=kb_version, expires_at=now_ms + ttl_ms,
+                        source="seed")
             for line, (query, row) in enumerate(read_labelled_rows(path), start=2)]

@@ -1,4 +1,4 @@
-"""`ticketflow cache eval|calibrate|warm|purge|kb-version`: measure, tune and manage the cache."""
+"""`ticketflow cache eval|calibrate|warm|purge|kb-version|policy|feedback`: measure, tune and manage the cache."""
 
 from __future__ import annotations
 
@@ -25,8 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     ev = actions.add_parser("eval", help="seed a fresh cache with labelled rows, look up labelled queries")
-    ev.add_argument("--seed", type=Path, required=True, help="CSV text,label: the cache's entries")
-    ev.add_argument("--queries", type=Path, required=True, help="CSV text,label: the lookups")
+    ev.add_argument("--seed", type=Path, default=None, help="CSV text,label: the cache's entries (not with --live)")
+    ev.add_argument("--queries", type=Path, required=True, help="CSV text,label: the lookups (with --live: the "
+                    "stream, in its order)")
+    ev.add_argument("--live", action="store_true",
+                    help="start cold and learn from the pipeline's own answers, in stream order: rules (the "
+                    "router's classifier, trusted) and the agent (simulated, provisional), written back after a "
+                    "delay (pipeline/cache/live_eval.py); compares with the previous decision")
+    ev.add_argument("--agent-accuracy", type=float, default=0.85, help="with --live (default 0.85)")
+    ev.add_argument("--rule-lag", type=int, default=20, help="with --live: queries before a rule answer is an "
+                    "entry (default 20: 0.2 s at 100 tickets/s)")
+    ev.add_argument("--agent-lag", type=int, default=250, help="with --live: the same for the agent (default 250)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", type=Path, default=None, help="write precision against hit rate to this PNG")
     ev.set_defaults(run=run_eval)
@@ -35,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cal.add_argument("--labels", type=Path, required=True, help="CSV text,label")
     cal.add_argument("--target-precision", type=float, required=True, help="e.g. 0.99")
     cal.add_argument("--folds", type=int, default=5)
+    cal.add_argument("--paraphrase-similarity", type=float, default=0.9,
+                     help="rows at least this similar stay in one fold (default 0.9)")
+    cal.add_argument("--frontier", type=int, default=0, metavar="N",
+                     help="also list the N admissible policies of highest hit rate (other trade-offs)")
     cal.add_argument("--tenant", default=None, help="write the policy for this tenant (default: the default)")
     cal.add_argument("--write", type=Path, default=None,
                      help="merge the policy into this JSON file (TICKETFLOW_CACHE_POLICY_FILE)")
@@ -52,6 +65,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     purge.add_argument("--key", default=None, help="only entries with this resolution key")
     purge.add_argument("--json", action="store_true")
     purge.set_defaults(run=run_purge)
+
+    pol = actions.add_parser("policy", help="a tenant's audit: precision estimate, policy level and its history; "
+                             "--reset undoes the audit's tightening")
+    pol.add_argument("--tenant", required=True)
+    pol.add_argument("--reset", action="store_true", help="back to the calibrated policy (level 0)")
+    pol.add_argument("--forget", action="store_true", help="with --reset: forget the audit counts too")
+    pol.add_argument("--json", action="store_true")
+    pol.set_defaults(run=run_policy)
+
+    fb = actions.add_parser("feedback", help="a support desk's verdict on an answer (to tickets.feedback)")
+    fb.add_argument("--tenant", required=True)
+    fb.add_argument("--ticket", required=True, help="the answered ticket's id")
+    fb.add_argument("--verdict", choices=("confirm", "reject"), required=True)
+    fb.add_argument("--entry", default=None, help="a cache hit's cache_entry_id (default: the entry written "
+                    "from the ticket's own answer)")
+    fb.add_argument("--correct-key", default=None, help="with reject: the key that would have been right")
+    fb.set_defaults(run=run_feedback)
 
     kb = actions.add_parser("kb-version", help="show or set a tenant's knowledge-base version")
     kb.add_argument("--tenant", required=True)
@@ -75,6 +105,10 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.cache.factory import build_embedder
     from pipeline.cache.labelled import read_labelled
 
+    if args.live:
+        return run_live_eval(args, settings)
+    if args.seed is None:
+        raise ConfigurationError("cache eval needs --seed (or --live)")
     seed, queries = read_labelled(args.seed), read_labelled(args.queries)
     print(f"cache eval: {len(seed)} seed rows, {len(queries)} queries; loading the embedder...", file=sys.stderr)
     batcher = build_embedder(settings)
@@ -110,12 +144,17 @@ def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     batcher = build_embedder(settings)
     try:
         result = calibrate(batcher, rows, args.target_precision, folds=args.folds,
-                           base=_policy_book(settings).default, progress=progress)
+                           base=_policy_book(settings).default, progress=progress,
+                           paraphrase_similarity=args.paraphrase_similarity, frontier_size=args.frontier)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
     finally:
         batcher.close()
     report = result.to_dict()
+    if args.frontier:
+        report["frontier"] = [{"hit_rate": round(rate, 4), "precision": round(precision, 4),
+                               "precision_low": round(low, 4), "policy": policy.to_dict()}
+                              for rate, precision, low, policy in result.frontier]
     if args.write:
         data = json.loads(args.write.read_text()) if args.write.exists() else {}
         if args.tenant:
@@ -127,8 +166,78 @@ def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"policy {report['policy']}\ncross-validated hit rate {report['hit_rate']:.3f}, precision "
-              f"{report['precision']:.4f} (folds {report['fold_precisions']}), {report['candidates']} candidates")
+        low, high = report["precision_ci95"]
+        print(f"policy {report['policy']}\ncross-validated (paraphrase-grouped folds) hit rate "
+              f"{report['hit_rate']:.3f}, precision {report['precision']:.4f} [95 % {low:.4f}, {high:.4f}] "
+              f"(folds {report['fold_precisions']}), {report['candidates']} candidates; the lower bound needs "
+              f"{report['rows_needed']} labelled rows at this precision and hit rate ({report['rows']} given)")
+    return 0
+
+
+def run_live_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.cache.factory import build_embedder
+    from pipeline.cache.labelled import read_labelled
+    from pipeline.cache.live_eval import LiveSettings, evaluate_live
+    from pipeline.routing.factory import build_classifier
+
+    queries = read_labelled(args.queries)
+    print(f"cache eval --live: {len(queries)} queries in stream order; loading the embedder and the router's "
+          "classifier...", file=sys.stderr)
+    batcher = build_embedder(settings)
+    try:
+        classifier = build_classifier(settings, batcher)
+        report = evaluate_live(batcher, queries, classifier, _policy_book(settings).default,
+                               LiveSettings(args.agent_accuracy, args.rule_lag, args.agent_lag), progress=progress)
+    finally:
+        batcher.close()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        before = report["previous_decision"]
+        low, high = report["precision_ci95"]
+        print(f"live:     hit rate {report['hit_rate']:.3f}  precision {report['precision']:.4f} "
+              f"[95 % {low:.4f}, {high:.4f}]  wrong hits {report['wrong_hits']}  by source {report['by_source']}")
+        print(f"previous: hit rate {before['hit_rate']:.3f}  precision {before['precision']:.4f}  "
+              f"wrong hits {before['wrong_hits']}  (no trust levels, no second opinion)")
+        print(f"misses by reason: {report['miss_reasons']}; entries written {report['entries_written']} "
+              f"({report['wrong_entries']} with a wrong key)")
+    return 0
+
+
+def run_policy(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.adapters.redis_audit import RedisAuditLedger
+    from pipeline.cache.policy import tightened
+    from pipeline.runtime.context import redis_client
+
+    ledger = RedisAuditLedger(redis_client(settings), settings.redis_key_prefix())
+    if args.reset:
+        ledger.reset(args.tenant, counts=args.forget, reason="operator reset (ticketflow cache policy --reset)")
+    state = ledger.state(args.tenant)
+    low, high = state.interval
+    report = {"tenant": args.tenant, "audited": state.audited, "agreed": state.agreed,
+              "precision_estimate": round(state.estimate, 4), "precision_ci95": [round(low, 4), round(high, 4)],
+              "target": settings.cache_audit_target, "policy_level": state.level,
+              "policy": tightened(_policy_book(settings).for_tenant(args.tenant), state.level).to_dict(),
+              "history": ledger.history(args.tenant)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"tenant {args.tenant}: {state.audited} audited hits, precision {state.estimate:.4f} "
+              f"[95 % {low:.4f}, {high:.4f}], target {settings.cache_audit_target}, policy level {state.level}")
+        for entry in report["history"]:
+            print(f"  {entry}")
+    return 0
+
+
+def run_feedback(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.client import TicketflowClient
+    from pipeline.events import CacheFeedback
+
+    feedback = CacheFeedback(ticket_id=args.ticket, tenant_id=args.tenant, verdict=args.verdict,
+                             created_at=int(time.time() * 1000), cache_entry_id=args.entry,
+                             correct_key=args.correct_key, reviewer="cli")
+    TicketflowClient(settings).feedback([feedback])
+    print(f"feedback '{args.verdict}' on ticket {args.ticket} of tenant {args.tenant} sent to tickets.feedback")
     return 0
 
 
@@ -159,7 +268,7 @@ def run_purge(args: argparse.Namespace, settings: Settings) -> int:
 
 def _kb(settings: Settings) -> RedisKbVersions:
     from pipeline.adapters.redis_kb import RedisKbVersions
-    from pipeline.runtime.topology import redis_client
+    from pipeline.runtime.context import redis_client
 
     return RedisKbVersions(redis_client(settings), settings.redis_key_prefix(), refresh_s=0)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from pipeline.demo import DemoOptions, DemoReport, run_demo
 from pipeline.errors import ConfigurationError
@@ -73,14 +74,29 @@ def render(report: DemoReport) -> str:
     lat = report.latency_ms
     lines += [
         f"  latency e2e    p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms",
+        *(f"    {path:<12} p50 {v['p50']:.0f} ms, p95 {v['p95']:.0f} ms, p99 {v['p99']:.0f} ms"
+          for path, v in report.latency_by_path_ms.items()),
+        *([f"  naive loop     p50 {report.naive_latency_ms['p50']:.0f} ms, p95 {report.naive_latency_ms['p95']:.0f} ms "
+           "(every ticket through the strong model, from the provider's latency model)"]
+          if report.naive_latency_ms else []),
         f"  LLM calls      {report.llm_calls} (billed by the provider: {report.billed_calls})",
         f"  cost           ${report.cost_usd:.4f}, naive agent loop ${report.naive_cost_usd or 0:.4f}"
         + (f" (ratio {report.cost_usd / report.naive_cost_usd:.3f})" if report.naive_cost_usd else ""),
         *([("  right key      " + ", ".join(f"{k} {v:.3f}" for k, v in report.right_key_by_path.items())
              + " (share of labelled answers whose resolution key is the label)")]
           if report.right_key_by_path else []),
+        *([_audit_line(report.cache_audit)] if report.cache_audit.get("requested") else []),
         f"  wall time      {report.wall_s} s",
+        *([f"  replay next    {report.replay_command}  (with a worker running; drop --dry-run to run it)"]
+          if report.replay_command else []),
         "  (Kafka and Redis stay up for `ticketflow results` and the like; "
         "`ticketflow services down` stops them.)",
     ]
     return "\n".join(lines)
+
+
+def _audit_line(audit: dict[str, Any]) -> str:
+    low, high = audit["precision_ci95"]
+    return (f"  cache audit    {audit['audited']} hits audited ({audit['share_of_hits']:.0%} of hits), precision "
+            f"{audit['precision_estimate']} [95 % {low}, {high}], policy level {audit['policy_level']}, "
+            f"cost ${audit['cost_usd']}")

@@ -15,6 +15,7 @@ from pipeline.cli import (
     cache_cmd,
     demo_cmd,
     dlq_cmd,
+    replay_cmd,
     results_cmd,
     route_cmd,
     services_cmd,
@@ -27,8 +28,8 @@ from pipeline.errors import TicketflowError
 from pipeline.settings import Settings, load_settings
 
 Runner = Callable[[argparse.Namespace, Settings], int]
-MODULES = (services_cmd, topics_cmd, worker_cmd, submit_cmd, results_cmd, dlq_cmd, cache_cmd, route_cmd, tools_cmd,
-           demo_cmd)
+MODULES = (services_cmd, topics_cmd, worker_cmd, submit_cmd, results_cmd, replay_cmd, dlq_cmd, cache_cmd, route_cmd,
+           tools_cmd, demo_cmd)
 
 EPILOG = """environment (defaults in brackets):
   TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS  existing Kafka cluster [local broker on 127.0.0.1:9092]

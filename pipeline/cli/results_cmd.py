@@ -1,10 +1,12 @@
-"""`ticketflow results`: read tickets.responses from the beginning (read_committed)."""
+"""`ticketflow results`: read tickets.responses (or, with ``--replay TAG``, that replay's
+answers on tickets.replay.responses) from the beginning (read_committed)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 
 from tqdm import tqdm
 
@@ -21,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--timeout", type=float, default=None,
                         help="stop after S seconds; exit 1 if fewer than --expect arrived "
                         "(default: 30 without --expect, none with it)")
+    parser.add_argument("--replay", metavar="TAG", help="read replay TAG's answers (tickets.replay.responses)")
     parser.set_defaults(run=run)
 
 
@@ -29,8 +32,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     client = TicketflowClient(settings)
     distinct: set[str] = set()
     with tqdm(desc="responses", unit="ticket", total=args.expect, file=sys.stderr) as bar:
-        for item in client.results(expect=args.expect, timeout_s=timeout):
-            resolved: TicketResolved = item.event
+        for resolved in _answers(client, args.replay, args.expect, timeout):
             if resolved.ticket_id not in distinct:
                 distinct.add(resolved.ticket_id)
                 bar.update()
@@ -44,3 +46,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"ticketflow: only {len(distinct)} of {args.expect} tickets arrived", file=sys.stderr)
         return 1
     return 0
+
+
+def _answers(client: TicketflowClient, replay: str | None, expect: int | None,
+             timeout: float | None) -> Iterator[TicketResolved]:
+    if replay is None:
+        for item in client.results(expect=expect, timeout_s=timeout):
+            yield item.event
+        return
+    seen: set[str] = set()
+    for resolved in client.replay_results(replay, timeout_s=timeout,
+                                          done=lambda: expect is not None and len(seen) >= expect):
+        seen.add(resolved.ticket_id)
+        yield resolved

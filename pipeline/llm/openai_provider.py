@@ -37,6 +37,20 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     return {"role": message.role, "content": message.content}
 
 
+def chat_body(request: LLMRequest) -> dict[str, Any]:
+    """The chat-completions body of a request (streamed by :meth:`OpenAIProvider.complete`,
+    or a line of a Batch API job)."""
+    body: dict[str, Any] = {"model": request.model, "messages": [_message(m) for m in request.messages],
+                            "max_tokens": request.max_tokens, "temperature": request.temperature}
+    if request.response_schema is not None:
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "reply", "schema": request.response_schema, "strict": True}}
+    if request.tools:
+        body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                           "parameters": t.parameters}} for t in request.tools]
+    return body
+
+
 def _retry_after(exc: openai.APIStatusError) -> float | None:
     value = exc.response.headers.get("retry-after") if exc.response is not None else None
     try:
@@ -59,17 +73,7 @@ class OpenAIProvider:
         calls: dict[int, dict[str, str]] = {}
         usage: Any = None
         model = request.model
-        kwargs: dict[str, Any] = {
-            "model": request.model, "messages": [_message(m) for m in request.messages],
-            "max_tokens": request.max_tokens, "temperature": request.temperature, "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if request.response_schema is not None:
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "reply", "schema": request.response_schema, "strict": True}}
-        if request.tools:
-            kwargs["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                                                 "parameters": t.parameters}} for t in request.tools]
+        kwargs = {**chat_body(request), "stream": True, "stream_options": {"include_usage": True}}
         try:
             stream = await self.client.chat.completions.create(**kwargs)
             async for chunk in stream:

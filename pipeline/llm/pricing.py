@@ -15,6 +15,8 @@ from typing import Any
 from pipeline.errors import ConfigurationError
 
 MILLION = Decimal(1_000_000)
+#: A call through the provider's Batch API costs this share of the list price (OpenAI: half).
+BATCH_FACTOR = Decimal("0.5")
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,11 @@ class Price:
     cached_input: Decimal
     output: Decimal
 
-    def cost_micros(self, tokens_in: int, tokens_out: int, tokens_cached: int = 0) -> int:
-        """Micro-dollars for one call; ``tokens_cached`` is the part of ``tokens_in`` served from cache."""
+    def cost_micros(self, tokens_in: int, tokens_out: int, tokens_cached: int = 0, factor: Decimal = Decimal(1)) -> int:
+        """Micro-dollars for one call; ``tokens_cached`` is the part of ``tokens_in`` served from
+        cache; ``factor`` scales the list price (a Batch API call: :data:`BATCH_FACTOR`)."""
         fresh = max(0, tokens_in - tokens_cached)
-        usd = (fresh * self.input + tokens_cached * self.cached_input + tokens_out * self.output) / MILLION
+        usd = (fresh * self.input + tokens_cached * self.cached_input + tokens_out * self.output) * factor / MILLION
         return int((usd * MILLION).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
@@ -71,5 +74,8 @@ class PricingTable:
             raise ConfigurationError(f"no price for model {model!r}; known: {', '.join(sorted(self.prices))}. "
                                      "Add it to TICKETFLOW_PRICING_FILE.") from None
 
-    def cost_micros(self, model: str, tokens_in: int, tokens_out: int, tokens_cached: int = 0) -> int:
-        return self.price(model).cost_micros(tokens_in, tokens_out, tokens_cached)
+    def cost_micros(self, model: str, tokens_in: int, tokens_out: int, tokens_cached: int = 0,
+                    batch: bool = False) -> int:
+        """A call's cost; ``batch``: served through the provider's Batch API, at its price."""
+        return self.price(model).cost_micros(tokens_in, tokens_out, tokens_cached,
+                                             BATCH_FACTOR if batch else Decimal(1))

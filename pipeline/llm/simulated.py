@@ -67,7 +67,7 @@ DEFAULT_PROFILES: dict[str, ModelProfile] = {
 
 
 class BillingCounter(Protocol):
-    def add(self, model: str) -> None: ...
+    def add(self, model: str, request_id: str = "") -> None: ...
 
     def total(self) -> int: ...
 
@@ -75,9 +75,12 @@ class BillingCounter(Protocol):
 class MemoryBilling:
     def __init__(self) -> None:
         self.by_model: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
 
-    def add(self, model: str) -> None:
+    def add(self, model: str, request_id: str = "") -> None:
         self.by_model[model] = self.by_model.get(model, 0) + 1
+        if request_id:
+            self.calls[request_id] = self.calls.get(request_id, 0) + 1
 
     def total(self) -> int:
         return sum(self.by_model.values())
@@ -160,8 +163,7 @@ class SimulatedProvider:
             call = RequestedToolCall(f"call_{rng.getrandbits(32):08x}", "refund", json.dumps(
                 {"customer_id": customer or "C-00001", "transfer_id": "TR-X", "amount": "5000.00 EUR"}))
             return "", (call,), {"injected": True}
-        nearest = known.get("nearest_intent") or next(iter(known.get("candidates") or []), None) \
-            or known.get("intent")
+        nearest = next(iter(known.get("candidates") or []), None) or known.get("intent")
         lookup = _lookup_for(nearest, offered)
         if lookup is not None and customer and not results:
             schema = next(t.parameters for t in request.tools if t.name == lookup)
@@ -193,9 +195,16 @@ class SimulatedProvider:
         finally:
             self.in_flight -= 1
 
+    def timing_ms(self, request: LLMRequest, tokens_out: int) -> tuple[float, float]:
+        """(time to first token, latency) of a served call, before the time scale: the model's
+        median TTFT with log-normal spread (seeded by the request), then its per-token time."""
+        profile = self.profile(request.model)
+        ttft = profile.ttft_ms * _rng(self.seed, "fault", request.request_id, request.model).lognormvariate(0, 0.35)
+        return ttft, ttft + tokens_out * profile.per_token_ms
+
     async def _complete(self, request: LLMRequest, profile: ModelProfile) -> LLMResponse:
         rng = _rng(self.seed, "fault", request.request_id, request.model)
-        ttft = profile.ttft_ms * rng.lognormvariate(0, 0.35)
+        ttft = profile.ttft_ms * rng.lognormvariate(0, 0.35)  # as timing_ms draws it (the same seed)
         fault = rng.choice(["429", "5xx", "timeout", "malformed"]) if rng.random() < self.fault_rate else None
         if fault == "429":
             await self.sleep(0.02 * self.time_scale)
@@ -214,7 +223,11 @@ class SimulatedProvider:
         latency = ttft + tokens_out * profile.per_token_ms
         await self.sleep(latency / 1000 * self.time_scale)
         self._prefixes.add(self._prefix(request))
-        self.billing.add(request.model)
+        # Synchronous on purpose, though it is a Redis round trip on the agent's event loop
+        # (a fifth of the loop's time at 50 tickets/s, py-spy): an await between billing a
+        # reply and returning it let a rebalance or kill -9 lose replies that were billed, and
+        # their re-runs were billed twice (CI: the broker-restart and agent kill -9 tests).
+        self.billing.add(request.model, request.request_id)
         response = LLMResponse(model=request.model, provider=self.name, text=text, tool_calls=calls,
                                tokens_in=tokens_in, tokens_out=tokens_out, tokens_cached=cached,
                                ttft_ms=round(ttft * self.time_scale, 2), latency_ms=round(latency * self.time_scale, 2),

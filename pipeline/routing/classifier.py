@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.cache.embedder import Embedder
-from pipeline.cache.policy import HitPolicy, Neighbour, decide, exact_neighbours
+from pipeline.cache.policy import HitPolicy, Neighbour, SecondOpinion, evidence, exact_neighbours, judge
 from pipeline.datasets import LabelledQuery
 from pipeline.pii import redact
 
@@ -44,6 +44,7 @@ class IntentClassifier:
         self.vectors = vectors
         self.policy = policy or HitPolicy()
         self.shortlist = shortlist
+        self.known = frozenset(self.labels)
 
     @classmethod
     def fit(cls, embedder: Embedder, examples: Sequence[LabelledQuery], policy: HitPolicy | None = None,
@@ -64,16 +65,28 @@ class IntentClassifier:
 
     def classify(self, texts: Sequence[str], vectors: npt.NDArray[np.float32]) -> list[IntentDecision]:
         """One decision per text, given its (L2-normalised) embedding."""
+        return [decision for decision, _ in self._judged(texts, vectors)]
+
+    def _judged(self, texts: Sequence[str], vectors: npt.NDArray[np.float32]
+                ) -> list[tuple[IntentDecision, SecondOpinion]]:
         if len(texts) == 0:
             return []
         found = exact_neighbours(vectors, self.vectors, self.labels, self.texts, self.policy.k)
-        decisions = []
+        judged = []
         for text, neighbours in zip(texts, found, strict=True):
-            verdict = decide(self.policy, text, neighbours)
-            decisions.append(IntentDecision(verdict.resolution_key if verdict.hit else None, verdict.reason,
-                                            verdict.similarity, verdict.resolution_key,
-                                            distinct_intents(neighbours, self.shortlist)))
-        return decisions
+            seen = evidence(self.policy, text, neighbours)
+            verdict = judge(self.policy, seen)
+            ranked = distinct_intents(neighbours, self.shortlist)
+            decision = IntentDecision(verdict.resolution_key if verdict.hit else None, verdict.reason,
+                                      verdict.similarity, verdict.resolution_key, ranked)
+            opinion = SecondOpinion(decision.intent, ranked, self.known, seen.share if seen else 0.0,
+                                    seen.margin if seen else 0.0)
+            judged.append((decision, opinion))
+        return judged
+
+    def opinions(self, texts: Sequence[str], vectors: npt.NDArray[np.float32]) -> list[SecondOpinion]:
+        """The classifier as the semantic cache's second opinion (its open-set check)."""
+        return [opinion for _, opinion in self._judged(texts, vectors)]
 
 
 def distinct_intents(neighbours: Sequence[Neighbour], size: int) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from pipeline.adapters.sql_bank import SqlBank
 from pipeline.cache.embedder import Embedder
 from pipeline.cache.labelled import read_labelled
+from pipeline.cache.policy import HitPolicy
 from pipeline.cache.semantic_cache import PolicyBook
 from pipeline.datasets import LabelledQuery, banking77_split
 from pipeline.routing.classifier import IntentClassifier
@@ -36,8 +37,14 @@ def router_examples(settings: Settings) -> list[LabelledQuery]:
     return tune
 
 
+#: The classifier's abstain policy (calibrated for the router in issue 4: precision 0.998 on the
+#: held-out part at its deflection rate). Not the cache's: the cache's bar is set for open-set
+#: safety, and uses this classifier as its second opinion.
+ROUTER_POLICY = HitPolicy(k=30, temperature=0.05, min_similarity=0.70, min_share=0.85, min_agree=2, margin=0.03)
+
+
 def build_classifier(settings: Settings, embedder: Embedder) -> IntentClassifier:
-    policy = PolicyBook.load(settings.router_policy_file).default
+    policy = PolicyBook.load(settings.router_policy_file).default if settings.router_policy_file else ROUTER_POLICY
     return IntentClassifier.fit(embedder, router_examples(settings), policy, cache_dir=settings.state_dir / "models",
                                 shortlist=settings.router_shortlist)
 

@@ -2,21 +2,17 @@
 
 Processors: ``intake`` (tickets.ingress), ``cache`` (tickets.accepted, plus the follower that
 keeps this worker's cache index up to date from cache.updates), ``cache-writer``
-(tickets.responses), ``router`` (tickets.uncached, plus the tool results of its tool routes
+(tickets.responses), ``cache-audit`` (tickets.replay.responses: the audit's answers; and
+tickets.feedback), ``router`` (tickets.uncached, plus the tool results of its tool routes
 on tools.results) and ``tools`` (tools.calls, plus the cache invalidations on
 tools.invalidations).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-import redis
-from prometheus_client import CollectorRegistry
-
+from pipeline.adapters.redis_audit import RedisPolicyLevels
 from pipeline.adapters.redis_idempotency import RedisIdempotencyStore
 from pipeline.adapters.redis_kb import RedisKbVersions
 from pipeline.adapters.redis_tool_cache import RedisToolCache
@@ -26,6 +22,7 @@ from pipeline.cache.semantic_cache import SemanticCache
 from pipeline.errors import ConfigurationError
 from pipeline.events import (
     AgentStep,
+    CacheFeedback,
     CacheUpdate,
     TicketResolved,
     TicketSubmitted,
@@ -36,10 +33,11 @@ from pipeline.events import (
 )
 from pipeline.processing import SystemClock
 from pipeline.resilience import CircuitBreaker, RetrySchedule
+from pipeline.routing.classifier import IntentClassifier
 from pipeline.routing.metrics import RouterMetrics
 from pipeline.routing.rulebook import RuleBook
-from pipeline.runtime.binding import Binding
-from pipeline.settings import Settings
+from pipeline.runtime.binding import Binding, per_record
+from pipeline.runtime.context import WorkerContext
 from pipeline.tools.metrics import ToolMetrics
 from pipeline.tools.registry import ToolRegistry
 from pipeline.tools.runner import ToolRunner
@@ -51,41 +49,6 @@ from processors.router import Router, RouterToolResults
 from processors.tools import ToolCacheInvalidator, ToolProcessor
 
 
-@dataclass
-class WorkerContext:
-    """What the processors of one worker process share."""
-
-    settings: Settings
-    instance_id: str
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    _shared: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.RLock = field(default_factory=threading.RLock)
-
-    def shared(self, name: str, make: Callable[[], Any]) -> Any:
-        with self._lock:
-            if name not in self._shared:
-                self._shared[name] = make()
-            return self._shared[name]
-
-    def redis(self) -> redis.Redis[bytes]:
-        client: redis.Redis[bytes] = self.shared("redis", lambda: redis_client(self.settings))
-        return client
-
-    def key_prefix(self) -> str:
-        return self.settings.redis_key_prefix()
-
-    def close(self) -> None:
-        for name in ("cache", "embedder", "tool_runner", "bank", "llm_loop"):
-            part = self._shared.get(name)
-            if part is not None:
-                part.close()
-
-
-def redis_client(settings: Settings) -> redis.Redis[bytes]:
-    return redis.Redis.from_url(settings.redis_location(), socket_timeout=5, socket_connect_timeout=5,
-                                health_check_interval=30)
-
-
 def _intake(ctx: WorkerContext) -> list[Binding]:
     settings = ctx.settings
     processor = Intake(
@@ -95,8 +58,7 @@ def _intake(ctx: WorkerContext) -> list[Binding]:
         key_prefix=ctx.key_prefix(),
     )
     return [Binding(processor.name, ("tickets.ingress",), "TicketSubmitted",
-                    TicketSubmitted.from_record, processor.handle, allow_json=True,
-                    prepare=processor.prepare)]
+                    TicketSubmitted.from_record, handle_batch=processor.handle_batch, allow_json=True)]
 
 
 def _embedder(ctx: WorkerContext) -> MicroBatcher:
@@ -106,11 +68,28 @@ def _embedder(ctx: WorkerContext) -> MicroBatcher:
     return embedder
 
 
+def _classifier(ctx: WorkerContext) -> IntentClassifier:
+    from pipeline.routing.factory import build_classifier
+
+    classifier: IntentClassifier = ctx.shared("classifier", lambda: build_classifier(ctx.settings, _embedder(ctx)))
+    return classifier
+
+
+def _policy_levels(ctx: WorkerContext) -> RedisPolicyLevels:
+    """The audit's state per tenant (policy level, counts), read through one local cache."""
+    from pipeline.adapters.redis_audit import RedisPolicyLevels
+
+    levels: RedisPolicyLevels = ctx.shared("policy_levels", lambda: RedisPolicyLevels(ctx.redis(), ctx.key_prefix()))
+    return levels
+
+
 def _semantic_cache(ctx: WorkerContext) -> SemanticCache:
     from pipeline.cache.factory import build_cache
 
+    opinions = _classifier(ctx) if ctx.settings.cache_second_opinion else None
     return build_cache(ctx.settings, ctx.instance_id, RedisKbVersions(ctx.redis(), ctx.key_prefix()),
-                       CacheMetrics(ctx.registry), embedder=_embedder(ctx))
+                       CacheMetrics(ctx.registry), embedder=_embedder(ctx), opinions=opinions,
+                       levels=_policy_levels(ctx))
 
 
 def _tools(ctx: WorkerContext) -> ToolRegistry:
@@ -132,38 +111,82 @@ def _rulebook(ctx: WorkerContext) -> RuleBook:
 def _cache(ctx: WorkerContext) -> list[Binding]:
     cache: SemanticCache = ctx.shared("cache", lambda: _semantic_cache(ctx))
     from pipeline.llm.pricing import PricingTable
+    from processors.cache import AuditSampling
 
-    lookup = CacheLookup(cache, SystemClock(), PricingTable.load(ctx.settings.pricing_file))
+    settings = ctx.settings
+    audit = AuditSampling(_policy_levels(ctx), settings.cache_audit_share,
+                          settings.cache_audit_max_width) if settings.cache_audit_share > 0 else None
+    lookup = CacheLookup(cache, SystemClock(), PricingTable.load(settings.pricing_file), audit)
     # An embedded replica reads every update in a group of its own; a shared server, once.
     follower_name = "cache-index" if ctx.settings.qdrant_url else f"cache-index.{ctx.instance_id}"
     follower = CacheFollower(cache, follower_name)
     return [
         Binding(lookup.name, ("tickets.accepted",), "TicketSubmitted", TicketSubmitted.from_record,
-                lookup.handle, prepare=lookup.prepare),
+                handle_batch=lookup.handle_batch),
         Binding(follower.name, ("cache.updates",), "CacheUpdate", CacheUpdate.from_record,
-                follower.handle, prepare=follower.prepare),
+                handle_batch=follower.handle_batch),
     ]
+
+
+def dry_run_processors(ctx: WorkerContext) -> tuple[CacheLookup, Router, Callable[[str], int]]:
+    """What ``replay --dry-run`` runs in its own process: the cache lookup (no audit sampled)
+    and the router (no metrics), built as a worker builds them, and the per-ticket cost cap
+    of a budget profile (the agent stops a ticket at the lower of it and its cost limit)."""
+    from pipeline.llm.pricing import PricingTable
+    from pipeline.routing.engine import RouteEngine
+
+    settings = ctx.settings
+    cache: SemanticCache = ctx.shared("cache", lambda: _semantic_cache(ctx))
+    lookup = CacheLookup(cache, SystemClock(), PricingTable.load(settings.pricing_file), None)
+    router = Router(RouteEngine(_rulebook(ctx), _classifier(ctx)), _embedder(ctx), SystemClock(),
+                    settings.agent_enabled)
+    profiles = settings.budget_profiles
+
+    def cap(profile: str) -> int:
+        return min(profiles.get(profile, profiles.get("default", settings.agent_max_cost_micros)),
+                   settings.agent_max_cost_micros)
+    return lookup, router, cap
 
 
 def _cache_writer(ctx: WorkerContext) -> list[Binding]:
     writer = CacheWriter(RedisKbVersions(ctx.redis(), ctx.key_prefix()), ctx.settings.cache_ttl_s,
                          ctx.settings.cache_never_keys)
     return [Binding(writer.name, ("tickets.responses",), "TicketResolved", TicketResolved.from_record,
-                    writer.handle)]
+                    handle_batch=per_record(writer.name, writer.handle))]
+
+
+def _cache_audit(ctx: WorkerContext) -> list[Binding]:
+    from pipeline.adapters.redis_audit import RedisAuditLedger
+    from pipeline.cache.metrics import AuditMetrics
+    from processors.cache_audit import CacheAuditor
+    from processors.cache_feedback import CacheFeedbackApplier
+
+    auditor = CacheAuditor(RedisAuditLedger(ctx.redis(), ctx.key_prefix()), SystemClock(),
+                           ctx.settings.cache_audit_target, AuditMetrics(ctx.registry))
+    feedback = CacheFeedbackApplier(SystemClock())
+    return [
+        Binding(auditor.name, ("tickets.replay.responses",), "TicketResolved", TicketResolved.from_record,
+                handle_batch=per_record(auditor.name, auditor.handle)),
+        Binding(feedback.name, ("tickets.feedback",), "CacheFeedback", CacheFeedback.from_record,
+                handle_batch=per_record(feedback.name, feedback.handle), allow_json=True),
+    ]
 
 
 def _router(ctx: WorkerContext) -> list[Binding]:
     from pipeline.routing.engine import RouteEngine
-    from pipeline.routing.factory import build_classifier
 
     embedder = _embedder(ctx)
-    engine = RouteEngine(_rulebook(ctx), build_classifier(ctx.settings, embedder))
-    processor = Router(engine, embedder, SystemClock(), ctx.settings.agent_enabled, RouterMetrics(ctx.registry))
+    engine = RouteEngine(_rulebook(ctx), _classifier(ctx))
+    registry = _tools(ctx)
+    side_effecting = frozenset(n for n in registry.names() if registry.spec(n).side_effecting)
+    processor = Router(engine, embedder, SystemClock(), ctx.settings.agent_enabled, RouterMetrics(ctx.registry),
+                       side_effecting)
     results = RouterToolResults(_rulebook(ctx), SystemClock())
     return [
         Binding(processor.name, ("tickets.uncached",), "TicketSubmitted", TicketSubmitted.from_record,
-                processor.handle, prepare=processor.prepare),
-        Binding(results.name, ("tools.results",), "ToolResult", ToolResult.from_record, results.handle),
+                handle_batch=processor.handle_batch),
+        Binding(results.name, ("tools.results",), "ToolResult", ToolResult.from_record,
+                handle_batch=per_record(results.name, results.handle)),
     ]
 
 
@@ -174,12 +197,15 @@ def _tool_processor(ctx: WorkerContext) -> list[Binding]:
         _tools(ctx), _rulebook(ctx), cache,
         RetrySchedule(max_attempts=settings.tool_max_attempts, base_s=0.05, cap_s=0.5),
         lambda tool: CircuitBreaker(settings.tool_breaker_failures, settings.tool_breaker_cooldown_s)))
-    processor = ToolProcessor(runner, SystemClock(), ToolMetrics(ctx.registry))
+    health = ctx.health
+    processor = ToolProcessor(runner, SystemClock(), ToolMetrics(ctx.registry),
+                              (lambda name: health.knows(name) and not health.up(name)) if health else None)
     invalidator = ToolCacheInvalidator(cache.invalidate)
     return [
-        Binding(processor.name, ("tools.calls",), "ToolCall", ToolCall.from_record, processor.handle),
+        Binding(processor.name, ("tools.calls",), "ToolCall", ToolCall.from_record,
+                handle_batch=per_record(processor.name, processor.handle)),
         Binding(invalidator.name, ("tools.invalidations",), "ToolInvalidation", ToolInvalidation.from_record,
-                invalidator.handle),
+                handle_batch=per_record(invalidator.name, invalidator.handle)),
     ]
 
 
@@ -200,10 +226,11 @@ def _agent(ctx: WorkerContext) -> list[Binding]:
         # Pipelined: steps start as they arrive and commit as they finish (in offset order).
         in_flight = settings.agent_interactive_concurrency if lane == "interactive" else 4 * gate.batch_concurrency
         bindings.append(Binding(processor.name, (f"agent.steps.{lane}",), "AgentStep", AgentStep.from_record,
-                                processor.handle, start=processor.start, finish=processor.finish,
+                                start=processor.start, finish=processor.finish,
                                 max_in_flight=in_flight))
     results = AgentToolResults(SystemClock())
-    bindings.append(Binding(results.name, ("tools.results",), "ToolResult", ToolResult.from_record, results.handle))
+    bindings.append(Binding(results.name, ("tools.results",), "ToolResult", ToolResult.from_record,
+                            handle_batch=per_record(results.name, results.handle)))
     return bindings
 
 
@@ -216,9 +243,10 @@ def _accounting(ctx: WorkerContext) -> list[Binding]:
     usage = UsageAggregator(RedisCostWindows(ctx.redis(), ctx.key_prefix()),
                             lambda tenant: settings.tenant_budgets.get(tenant, settings.tenant_daily_budget_micros))
     return [
-        Binding(tickets.name, ("tickets.responses",), "TicketResolved", TicketResolved.from_record, tickets.handle),
-        Binding(usage.name, ("llm.usage",), "UsageRecord", UsageRecord.from_record, usage.handle,
-                prepare=usage.prepare),
+        Binding(tickets.name, ("tickets.responses", "tickets.replay.responses"), "TicketResolved",
+                TicketResolved.from_record, handle_batch=per_record(tickets.name, tickets.handle)),
+        Binding(usage.name, ("llm.usage",), "UsageRecord", UsageRecord.from_record,
+                handle_batch=usage.handle_batch),
     ]
 
 
@@ -226,6 +254,7 @@ PROCESSORS: dict[str, Callable[[WorkerContext], list[Binding]]] = {
     "intake": _intake,
     "cache": _cache,
     "cache-writer": _cache_writer,
+    "cache-audit": _cache_audit,
     "router": _router,
     "tools": _tool_processor,
     "agent": _agent,

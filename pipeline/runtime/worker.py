@@ -23,9 +23,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from pipeline.errors import ServiceError
 from pipeline.metrics import RuntimeMetrics
-from pipeline.runtime.loop import TransactionalLoop
-from pipeline.runtime.pipelined import PipelinedLoop
-from pipeline.runtime.topology import WorkerContext, bindings
+from pipeline.runtime.context import WorkerContext, dependency_probes
+from pipeline.runtime.engine import Engine
+from pipeline.runtime.failures import DependencyHealth
+from pipeline.runtime.topology import bindings
 from pipeline.serde import AvroSerde, ConfluentSchemaRegistry, SchemaCatalog
 from pipeline.settings import Settings
 
@@ -53,7 +54,7 @@ def acquire_slot(settings: Settings, name: str) -> tuple[int, IO[str]]:
 STUCK_EXIT_CODE = 70  # EX_SOFTWARE: restart me
 
 
-def _watchdog(loops: list[TransactionalLoop], stuck_after_s: float, stop: threading.Event) -> None:
+def _watchdog(loops: list[Engine], stuck_after_s: float, stop: threading.Event) -> None:
     """Exit the process when a batch is stuck in the Kafka client, so a supervisor restarts it.
 
     A thread blocked inside librdkafka cannot be interrupted; a restart can. The replacement
@@ -99,12 +100,12 @@ def run_worker(settings: Settings, processor_names: list[str] | None = None,
 
     serde = make_serde(settings)
     failed: list[BaseException] = []
-    context = WorkerContext(settings, instance_id, registry)
-    loops = [PipelinedLoop(b, settings, serde, instance_id, metrics, stop, b.max_in_flight) if b.start is not None
-             else TransactionalLoop(b, settings, serde, instance_id, metrics, stop)
+    health = DependencyHealth(dependency_probes(settings), metrics)
+    context = WorkerContext(settings, instance_id, registry, health)
+    loops = [Engine(b, settings, serde, instance_id, metrics, stop, health)
              for b in bindings(context, processor_names)]
 
-    def _run(loop: TransactionalLoop) -> None:
+    def _run(loop: Engine) -> None:
         try:
             loop.run()
         except BaseException as exc:

@@ -43,8 +43,11 @@ class RedisServer(LocalService):
             [binary, "--bind", "127.0.0.1", "--port", str(self.settings.local_redis_port),
              "--daemonize", "yes", "--pidfile", str(self.pid_file), "--dir", str(self.home),
              "--logfile", str(self.home / "redis.log"),
-             # Idempotency keys and budgets must survive a restart: append-only file.
-             "--appendonly", "yes", "--save", ""],
+             # Idempotency keys, budgets and recorded LLM replies must survive a restart, a
+             # kill -9 included: append-only file, fsynced at every write (with the default
+             # once a second, a killed Redis forgot the last second's recorded replies, and
+             # the steps that ran again paid their calls twice).
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:

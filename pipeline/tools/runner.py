@@ -42,6 +42,9 @@ class Allowlists(Protocol):
         ...
 
 
+WOULD_HAVE_RUN = "would_have_run"
+
+
 @dataclass(frozen=True, slots=True)
 class ToolOutcome:
     ok: bool
@@ -52,6 +55,7 @@ class ToolOutcome:
     latency_ms: float = 0.0
     attempts: int = 0  # calls that reached the tool (0: refused, cached or breaker open)
     changed_data: str | None = None  # a side effect was applied to this data source
+    would_have_run: bool = False  # a side effect validated but not applied (a replay)
 
     @property
     def reached_tool(self) -> bool:
@@ -87,7 +91,10 @@ class ToolRunner:
             self.breakers[tool] = self._make_breaker(tool)
         return self.breakers[tool]
 
-    def run(self, tenant: str, route: str, tool: str, arguments: str, call_id: str) -> ToolOutcome:
+    def run(self, tenant: str, route: str, tool: str, arguments: str, call_id: str,
+            effects: bool = True) -> ToolOutcome:
+        """Run one call. Without ``effects`` (a replay) a side-effecting tool is checked like
+        any call (allowlist, arguments) and then not run: ``{"status": "would_have_run"}``."""
         started = time.perf_counter()
         allowed = self.allowlists.allowed_tools(route)
         if allowed is None:
@@ -103,6 +110,9 @@ class ToolRunner:
         except (ToolArgumentError, UnknownTool) as exc:
             return _refused(type(exc).__name__, str(exc), started)
         spec = self.registry.spec(tool)
+        if spec.side_effecting and not effects:
+            return ToolOutcome(True, {"status": WOULD_HAVE_RUN, "tool": tool, "arguments": checked},
+                               latency_ms=(time.perf_counter() - started) * 1000, would_have_run=True)
         if self.cache is not None and spec.deterministic:
             hit = self.cache.get(tenant, spec, checked)
             if hit is not None:

@@ -30,7 +30,7 @@ def send(client: TicketflowClient, ticket_id: str, lane: Literal["interactive", 
     now = int(time.time() * 1000)
     ticket = TicketSubmitted(ticket_id=ticket_id, tenant_id="acme", body=text, lane=lane, created_at=now,
                              stage_times={"router": now})
-    facts: dict[str, object] = {"route": "fallback_agent", "intent": None, "tool_calls": 0, "signed_in": False,
+    facts: dict[str, object] = {"route": "fallback_agent", "intent": None, "tool_call_cap": 0, "signed_in": False,
                                "entities": {}, "candidates": [label]}
     client.send(f"agent.steps.{lane}", ticket_id, first_step(ticket, "fallback_agent", lane, "cheap", [], "default",
                                                              facts))

@@ -14,7 +14,7 @@ import pytest
 from pipeline.adapters.redis_kb import RedisKbVersions
 from pipeline.client import TicketflowClient
 from pipeline.events import CacheUpdate, TicketResolved, TicketSubmitted, UsageRecord, to_record
-from pipeline.runtime.topology import redis_client
+from pipeline.runtime.context import redis_client
 from pipeline.settings import Settings
 from tests.helpers import WorkerProcess, worker_env
 
@@ -28,7 +28,10 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
     process = WorkerProcess(settings, tmp_path / "worker.log")
     # The agent stays off here: its own (cacheable) answers to the probing questions would
     # enter the cache beside the entries these tests seed.
-    process.extra_env = {"TICKETFLOW_AGENT_ENABLED": "false"}
+    # The audit stays off too: it re-answers a sampled share of hits through the router, whose
+    # tool lookups would add usage records beside the one these tests expect of a hit
+    # (tests/e2e/test_cache_audit.py covers the audit).
+    process.extra_env = {"TICKETFLOW_AGENT_ENABLED": "false", "TICKETFLOW_CACHE_AUDIT_SHARE": "0"}
     process.start()
     yield process
     assert process.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]

@@ -105,7 +105,7 @@ def test_dead_letter_redriven_after_a_fix_is_answered_once(settings: Settings, t
 
 def test_tools_list_and_invalidate(settings: Settings, tmp_path: Path) -> None:
     from pipeline.adapters.redis_tool_cache import RedisToolCache
-    from pipeline.runtime.topology import redis_client
+    from pipeline.runtime.context import redis_client
 
     listed = ticketflow(settings, "tools", "list", "--json")
     assert listed.returncode == 0, listed.stderr

@@ -12,7 +12,8 @@ from tests.e2e.test_cli import ticketflow
 pytestmark = pytest.mark.integration
 
 REQUIRED = {"submitted", "resolved", "lost", "duplicates", "dead_letters", "by_path", "latency_ms",
-            "llm_calls", "billed_calls", "cost_usd", "naive_cost_usd"}
+            "llm_calls", "billed_calls", "cost_usd", "naive_cost_usd", "latency_by_path_ms", "stage_latency_ms",
+            "naive_latency_ms", "replay_command"}
 
 
 def test_demo_json_report(settings: Settings) -> None:
@@ -34,6 +35,12 @@ def test_demo_json_report(settings: Settings) -> None:
     assert all(": NotFound: " in r or r.startswith(("invalid_output", "provider_", "budget")) for r in reasons), \
         reasons
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["p99"]
+    by_path = report["latency_by_path_ms"]  # every path answered has its percentiles
+    assert set(by_path) == set(paths)
+    assert all(0 <= v["p50"] <= v["p95"] <= v["p99"] for v in by_path.values())
+    assert {"intake", "cache", "router", "agent"} <= set(report["stage_latency_ms"])
+    naive = report["naive_latency_ms"]  # the strong model for every ticket, at the provider's full latency
+    assert set(naive) == {"p50", "p95"} and 1000 < naive["p50"] <= naive["p95"]
     assert report["llm_calls"] == report["billed_calls"] > 0  # nothing billed twice, nothing unaccounted
     assert 0 < report["cost_usd"] < report["naive_cost_usd"]
     assert "resolved" in result.stderr  # progress went to stderr, the JSON alone to stdout

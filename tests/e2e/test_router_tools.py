@@ -22,7 +22,7 @@ from pipeline.adapters.redis_tool_cache import RedisToolCache
 from pipeline.adapters.sql_bank import CARDS, TOOL_EFFECTS, SqlBank
 from pipeline.client import TicketflowClient
 from pipeline.events import TicketResolved, TicketSubmitted, ToolCall, ToolResult, UsageRecord
-from pipeline.runtime.topology import redis_client
+from pipeline.runtime.context import redis_client
 from pipeline.settings import Settings
 from pipeline.tools.demo_bank import seed_bank
 from tests.helpers import WorkerProcess

@@ -7,7 +7,7 @@ import uuid
 from pipeline.adapters.redis_costs import RedisCostWindows
 from pipeline.events import CostSummary, TicketResolved, UsageRecord
 from pipeline.processing import Emit
-from pipeline.runtime.topology import redis_client
+from pipeline.runtime.context import redis_client
 from pipeline.settings import Settings
 from processors.accounting import TicketCosts, UsageAggregator
 
@@ -36,8 +36,7 @@ def test_usage_is_counted_once_and_summed_per_scope(live_services: Settings) -> 
     batch = [(usage(1), "o1"), (usage(2, model="gpt-4.1", cost=2500), "o2"),
              (usage(1), "o3"),  # the same record again (a replayed batch): not counted twice
              (usage(3, cost=0, outcome="RateLimited"), "o4")]
-    aggregator.prepare(batch)
-    outcomes = [aggregator.handle(record, origin) for record, origin in batch]
+    outcomes = aggregator.handle_batch(batch)
     assert all(isinstance(o, Emit) and not o.outputs for o in outcomes[:-1])  # published once, at the end
     found = summaries(outcomes[-1])
     tenant = found[("tenant", "acme")]

@@ -3,22 +3,23 @@ recorded step results."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
+
+import pytest
 
 from pipeline.adapters.redis_budget import RedisBudgets
 from pipeline.adapters.redis_rate_limit import RedisRateLimiter
 from pipeline.adapters.redis_step_results import RedisStepResults
 from pipeline.agent.aio import LoopThread
 from pipeline.agent.machine import CascadePolicy
-from pipeline.agent.prompt import FACTS_PREFIX, build_request, system_prompt
+from pipeline.agent.prompt import build_request, system_prompt
 from pipeline.agent.runner import StepRunner
 from pipeline.events import AgentStep, Message
 from pipeline.llm.pricing import PricingTable
 from pipeline.llm.simulated import MemoryBilling, SimulatedProvider
 from pipeline.llm.types import LLMResponse, RequestedToolCall
-from pipeline.runtime.topology import redis_client
+from pipeline.runtime.context import redis_client
 from pipeline.settings import Settings
 
 INTENTS = ["card_arrival", "declined_card_payment", "exchange_rate"]
@@ -39,8 +40,8 @@ def test_200_concurrent_tickets_of_a_tenant_overspend_by_at_most_one_reservation
                         system_prompt(INTENTS), INTENTS, {"default": 10**9}, lambda tenant: daily,
                         cascade=CascadePolicy(min_confidence={"cheap": 0.0}))
     steps = [AgentStep(step_id=f"b-{i}:0", ticket_id=f"b-{i}", tenant_id="thrifty", workflow="w", step=0,
-                       ticket=b"", transcript=[Message("system", FACTS_PREFIX + json.dumps(
-                           {"nearest_intent": "exchange_rate"})), Message("user", f"What rate do you use? ({i})")])
+                       ticket=b"", candidates=["exchange_rate"],
+                       transcript=[Message("user", f"What rate do you use? ({i})")])
              for i in range(200)]
     one_call = runner.worst_case_micros("gpt-4.1-mini", build_request(steps[0], "gpt-4.1-mini", runner.system, (),
                                                                       "x", 400))
@@ -87,3 +88,34 @@ def test_a_step_result_is_recorded_once(live_services: Settings) -> None:
     assert 0 < int(store.client.pttl(store._key("t-3:0:cheap") + ":lease")) <= 5000
     store.release("t-3:0:cheap")
     assert store.claim("t-3:0:cheap", "b", 5)
+
+
+def test_a_call_reserved_before_midnight_settles_on_its_own_day(live_services: Settings,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.adapters.redis_budget as budget_module
+
+    budgets = RedisBudgets(redis_client(live_services), prefix())
+    monkeypatch.setattr(budget_module, "_today", lambda: "20261203")
+    assert budgets.reserve("night", "t-1", "t-1:0:cheap", 5_000, 10**9, 10**9).granted
+    monkeypatch.setattr(budget_module, "_today", lambda: "20261204")
+    assert budgets.settle("night", "t-1", "t-1:0:cheap", 1_200)
+    assert budgets.spent("night", day="20261203") == 1_200  # the reservation's day, settled to the actual
+    assert budgets.spent("night", day="20261204") == 0  # the new day owes nothing (it went negative before)
+    assert not budgets.settle("night", "t-1", "t-1:0:cheap", 1_200)  # once
+
+
+def test_a_replays_scope_caps_its_spend_and_settles_like_the_tenants_budget(live_services: Settings) -> None:
+    budgets = RedisBudgets(redis_client(live_services), prefix())
+    budgets.set_cap("backfill", 1000)
+    assert budgets.reserve("acme", "t-1@backfill", "r1", 600, 10**9, 10**9, scope="backfill").granted
+    refused = budgets.reserve("acme", "t-2@backfill", "r2", 600, 10**9, 10**9, scope="backfill")
+    assert (refused.granted, refused.reason) == (False, "scope_budget")
+    assert budgets.scope_spent("backfill") == 600 and budgets.spent("acme") == 600
+    assert budgets.settle("acme", "t-1@backfill", "r1", 250)  # the actual cost replaces the reservation
+    assert budgets.scope_spent("backfill") == 250 and budgets.spent("acme") == 250
+    assert budgets.reserve("acme", "t-2@backfill", "r2", 600, 10**9, 10**9, scope="backfill").granted
+    assert budgets.scope_spent("backfill") == 850
+    # without a cap a scope only counts; an unscoped reservation leaves every scope alone
+    assert budgets.reserve("acme", "t-3@other", "r3", 5000, 10**9, 10**9, scope="other").granted
+    assert budgets.reserve("acme", "t-4", "r4", 5000, 10**9, 10**9).granted
+    assert budgets.scope_spent("other") == 5000 and budgets.scope_spent("backfill") == 850

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from pipeline.adapters.redis_tool_cache import RedisToolCache
-from pipeline.runtime.topology import redis_client
+from pipeline.runtime.context import redis_client
 from pipeline.settings import Settings
 from tests.unit.test_tool_registry import CARD_STATUS, REFUND
 

@@ -1,8 +1,14 @@
 """The cache's quality claims, on data the defaults were not tuned on.
 
 The defaults came from `cache calibrate` on the tune part of the banking77 train split
-(pipeline.datasets.banking77_split); here the cache is seeded with that tune part and
+(pipeline.datasets.banking77_split), over folds that keep paraphrases together, picked for
+the Wilson lower bound of their precision; here the cache is seeded with that tune part and
 queried with the held-out part, which calibration never saw.
+
+Issue 11 moved the trade-off: the previous defaults met hit rate >= 0.65 at precision 0.9939
+on this split, yet only 0.987 on banking77 queries nobody here had seen; across paraphrase
+groups they reach 0.987 [0.983, 0.990]. The re-derived defaults hold 0.993 [0.990, 0.996]
+there and give up 2 points of hit rate on this split (README "Semantic cache").
 """
 
 from __future__ import annotations
@@ -14,8 +20,12 @@ import pytest
 
 from pipeline.cache.embedder import MicroBatcher
 from pipeline.cache.evaluation import EvalResult, evaluate
+from pipeline.cache.live_eval import LiveResult, LiveSettings, previous_policy, simulate
 from pipeline.cache.policy import HitPolicy, judge
 from pipeline.datasets import LabelledQuery, banking77_split
+from pipeline.pii import redact
+from pipeline.routing.factory import build_classifier
+from pipeline.settings import Settings
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -30,7 +40,7 @@ def test_defaults_reach_the_precision_and_hit_rate_targets_on_held_out_queries(h
     scores = holdout.scores
     assert scores.queries == 1998
     assert scores.precision >= 0.99, scores
-    assert scores.hit_rate >= 0.65, scores
+    assert scores.hit_rate >= 0.62, scores  # was 0.65 before the guarantee-based calibration (docstring)
 
 
 def test_the_single_threshold_baseline_is_worse_on_both_counts(holdout: EvalResult) -> None:
@@ -57,3 +67,30 @@ def test_out_of_scope_questions_rarely_hit(embedder: MicroBatcher) -> None:
     result = evaluate(embedder.embedder, tune, [LabelledQuery(t, "out_of_scope") for t in texts], HitPolicy())
     assert result.scores.out_of_scope == 60
     assert result.scores.hits <= 1, result.scores
+
+
+@pytest.fixture(scope="module")
+def live_streams(embedder: MicroBatcher, base_settings: Settings) -> dict[str, LiveResult]:
+    """The held-out part as a stream from a cold cache that learns from its own answers."""
+    classifier = build_classifier(base_settings, embedder)
+    _, held = banking77_split()
+    orders = {"shuffled": held, "by_label": sorted(held, key=lambda r: r.label)}
+    results = {}
+    for name, rows in orders.items():
+        vectors = embedder.encode_sorted([redact(r.text) for r in rows])
+        # a write-back delay of 5 tickets: the pipeline keeping up with the stream
+        results[name] = simulate(rows, vectors, classifier, HitPolicy(), LiveSettings(rule_lag=5))
+        results[f"{name}_previous"] = simulate(rows, vectors, classifier, previous_policy(HitPolicy()),
+                                               LiveSettings(rule_lag=5), use_opinion=False)
+    return results
+
+
+def test_live_learning_keeps_its_precision_shuffled_and_in_topic_bursts(live_streams: dict[str, LiveResult]) -> None:
+    for name, floor in (("shuffled", 0.25), ("by_label", 0.15)):
+        result = live_streams[name]
+        assert result.hits / result.queries >= floor, (name, result.to_dict())
+        assert result.correct / result.hits >= 0.99, (name, result.to_dict())
+        assert result.sensitive_from_provisional == 0
+    # the decision before trust levels and the second opinion fails in bursts: the test has teeth
+    before = live_streams["by_label_previous"]
+    assert before.correct / before.hits < 0.95

@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pipeline.adapters.redis_billing import RedisBilling
 from pipeline.admin import apply_topics
 from pipeline.client import TicketflowClient
 from pipeline.events import TicketSubmitted
+from pipeline.runtime.context import redis_client
 from pipeline.services.kafka_broker import KafkaBroker
 from pipeline.settings import Settings
-from tests.helpers import Supervisor, WorkerProcess, dead_letters, response_counts, sample_tickets
+from tests.helpers import (
+    Supervisor,
+    WorkerProcess,
+    assert_books_balance,
+    dead_letters,
+    response_counts,
+    sample_tickets,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -69,7 +79,7 @@ def own_broker(live_services: Settings, tmp_path: Path) -> Iterator[tuple[KafkaB
     local = live_services.model_copy(update={
         "state_dir": tmp_path / "state", "kafka_bootstrap_servers": None,
         "local_kafka_port": OWN_BROKER_PORT, "local_kafka_controller_port": OWN_BROKER_PORT + 1,
-        "topic_prefix": "restart.",
+        "topic_prefix": f"restart-{uuid.uuid4().hex[:8]}.",
     })
     broker = KafkaBroker(local)
     broker.up()
@@ -81,9 +91,12 @@ def own_broker(live_services: Settings, tmp_path: Path) -> Iterator[tuple[KafkaB
     broker.down()
 
 
-def test_broker_restart_mid_stream(own_broker: tuple[KafkaBroker, Settings], tmp_path: Path) -> None:
+@pytest.mark.parametrize("down_s", [3, 30])
+def test_broker_restart_mid_stream(own_broker: tuple[KafkaBroker, Settings], tmp_path: Path, down_s: int) -> None:
     broker, settings = own_broker
     client = TicketflowClient(settings)
+    billing = RedisBilling(redis_client(settings), settings.redis_key_prefix())
+    billing.reset()
     tickets = sample_tickets(1500, "br")
     workers = [WorkerProcess(settings, tmp_path / f"w{i}.log") for i in range(2)]
     for worker in workers:
@@ -96,11 +109,13 @@ def test_broker_restart_mid_stream(own_broker: tuple[KafkaBroker, Settings], tmp
         try:
             time.sleep(6)
             broker.down()  # every client loses its connections; open transactions cannot commit
-            time.sleep(3)
+            time.sleep(down_s)
             broker.up()
             submitter.join()
-            assert_each_answered_once(client, {t.ticket_id for t in tickets}, timeout_s=240)
+            ids = {t.ticket_id for t in tickets}
+            counts = response_counts(client, ids, timeout_s=240)
         finally:
             submitter.join()
     print(f"workers restarted by the supervisor: {supervisor.restarts}")
     assert [w.stop() for w in workers] == [0, 0]
+    assert_books_balance(settings, client, billing, ids, counts, sorted({t.tenant_id for t in tickets}))

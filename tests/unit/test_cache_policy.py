@@ -57,10 +57,12 @@ def test_neighbours_must_agree_on_the_key() -> None:
 
 
 def test_margin_to_the_best_other_key() -> None:
+    policy = HitPolicy(min_share=0.85, margin=0.03)
     close = [n(0.90, "a")] * 8 + [n(0.885, "b")]
-    assert decide(HitPolicy(), "q", close).reason == MISS_MARGIN
+    assert decide(policy, "q", close).reason == MISS_MARGIN
     clear = [n(0.90, "a")] * 8 + [n(0.80, "b")]
-    assert decide(HitPolicy(), "q", clear).hit
+    assert decide(policy, "q", clear).hit
+    assert decide(HitPolicy(), "q", [n(0.90, "a")] * 8 + [n(0.75, "b")]).hit
 
 
 def test_negation_guard_rejects_a_reversed_question() -> None:
@@ -88,6 +90,10 @@ def test_negation_that_the_entries_share_is_not_a_reversal() -> None:
     ("The exchange rate is wrong", {"correct"}),
     ("My refund is not missing", set()),
     ("My transfer did not fail", {"fail"}),
+    ("My card no longer works", {"work"}),
+    ("I made a payment without my card", {"card"}),
+    ("I never received my card", {"receiv"}),
+    ("I was charged but I did not make this payment", {"mak"}),  # "but" opens a new scope
 ])
 def test_polarity_scope(text: str, negated: set[str]) -> None:
     assert polarity(text).negated == negated

@@ -9,7 +9,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from pipeline.agent.metrics import AgentMetrics
-from pipeline.cache.metrics import CacheMetrics
+from pipeline.cache.metrics import AuditMetrics, CacheMetrics
 from pipeline.metrics import RuntimeMetrics
 from pipeline.routing.metrics import RouterMetrics
 from pipeline.settings import REPO_ROOT
@@ -23,6 +23,7 @@ def exported() -> set[str]:
     registry = CollectorRegistry()
     RuntimeMetrics(registry)
     CacheMetrics(registry)
+    AuditMetrics(registry)
     RouterMetrics(registry)
     ToolMetrics(registry)
     AgentMetrics(registry)

@@ -78,14 +78,13 @@ def test_normalise() -> None:
     assert normalise("\t x \r\n\r\n\r\n\r\n y ") == "x\n\ny"
 
 
-def test_prepare_claims_a_batch_in_one_round_trip() -> None:
+def test_a_batch_is_claimed_in_one_round_trip() -> None:
     store = MemoryIdempotencyStore()
     intake = Intake(store, FixedClock(), IntakeLimits())
     batch = [(ticket(ticket_id=f"t-{i}"), f"o{i}") for i in range(5)]
     batch.append((ticket(ticket_id="t-0"), "o9"))  # same id again in the same batch
     batch.append((ticket(tenant_id=""), "o10"))  # invalid: must not be claimed
-    intake.prepare(batch)
-    outcomes = [intake.handle(t, origin) for t, origin in batch]
+    outcomes = intake.handle_batch(batch)
     assert store.round_trips == 1
     assert [len(o.outputs) for o in outcomes[:6] if isinstance(o, Emit)] == [1, 1, 1, 1, 1, 0]
     assert isinstance(outcomes[6], Failure)

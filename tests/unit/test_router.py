@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.adapters.sql_bank import SqlBank
 from pipeline.agent.machine import CascadePolicy
-from pipeline.agent.prompt import read_facts
+from pipeline.agent.prompt import build_request, read_facts
 from pipeline.cache.embedder import Vectors
 from pipeline.cache.policy import HitPolicy
 from pipeline.datasets import LabelledQuery
@@ -100,17 +100,17 @@ def test_agent_route_emits_the_first_step_with_tier_budget_and_allowlist(router:
     assert (event.step_id, event.step, event.workflow) == ("t-1:0", 0, "lost_or_stolen_card")
     # the cascade starts cheap (the lookup); the agent's policy holds lower tiers' answers to a higher bar
     assert (event.model_tier, event.budget_profile) == ("cheap", "urgent")
-    facts = read_facts(event.transcript)
-    assert facts["intent"] == facts["candidates"][0] == "lost_or_stolen_card" and facts["tool_calls"] == 2
-    assert facts["signed_in"] is False
+    assert event.intent == event.candidates[0] == "lost_or_stolen_card" and event.tool_call_cap == 2
+    assert event.signed_in is False
     _, signed_in = only(router.handle(ticket("about lost_or_stolen_card", customer_id="C-00042"), "o"))
     assert isinstance(signed_in, AgentStep)
-    shown = read_facts(signed_in.transcript)
+    assert signed_in.signed_in is True
+    shown = read_facts(build_request(signed_in, "m", "system", (), "r", 10).messages)  # what the provider reads
     assert shown["signed_in"] is True and "C-00042" not in json.dumps(shown)  # the provider never sees the id
     assert "lost_or_stolen_card" in CascadePolicy().sensitive_keys
     assert event.allowed_tools == ["card_status", "freeze_card"]
     assert event.transcript[-1].role == "user" and "1234" in event.transcript[-1].content
-    assert '"card_last4": "1234"' in event.transcript[0].content  # the router's facts
+    assert event.entities.get("card_last4") == "1234"  # the router's facts, typed
     batch_topic, _ = only(router.handle(ticket("about lost_or_stolen_card", lane="batch"), "o"))
     assert batch_topic == "agent.steps.batch"  # a backfill stays in the batch lane
 

@@ -44,7 +44,7 @@ def serde() -> AvroSerde:
 
 
 # Events the issues added beside the architecture's (README: "Topics and events added").
-EXTENSION_EVENTS = {"CacheUpdate", "ToolInvalidation"}
+EXTENSION_EVENTS = {"CacheUpdate", "ToolInvalidation", "CacheFeedback", "CacheAudit"}
 
 
 def test_every_event_of_the_architecture_has_a_schema() -> None:

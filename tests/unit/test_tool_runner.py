@@ -172,3 +172,52 @@ def test_an_answer_about_the_data_is_not_retried_and_keeps_the_breaker_closed() 
     out = runner.run("acme", "lookup", "card_status", CARD, "a")
     assert (out.ok, out.error_class, out.attempts) == (False, "NotFound", 1)
     assert runner.breaker("card_status").failures == 0
+
+
+def test_a_replay_checks_a_side_effect_and_records_it_as_would_have_run_without_running_it() -> None:
+    freeze, card = Counting(), Counting()
+    runner = runner_with({"freeze_card": freeze, "card_status": card})
+    out = runner.run("acme", "lost_card", "freeze_card", '{"customer_id": "C-00001", "card_last4": "1234"}',
+                     "t-9@backfill:2:freeze_card", effects=False)
+    assert out.ok and out.would_have_run and out.changed_data is None and not out.reached_tool
+    assert out.result == {"status": "would_have_run", "tool": "freeze_card",
+                          "arguments": {"customer_id": "C-00001", "card_last4": "1234"}}
+    assert freeze.calls == []
+    # still checked like any call: bad arguments and tools outside the allowlist are refused
+    bad = runner.run("acme", "lost_card", "freeze_card", '{"customer_id": "C-00001"}', "k", effects=False)
+    assert (bad.ok, bad.error_class, bad.would_have_run) == (False, "ToolArgumentError", False)
+    assert runner.run("acme", "lookup", "freeze_card", CARD, "k", effects=False).error_class == "ToolNotAllowed"
+    # a lookup changes nothing: a replay runs it
+    assert runner.run("acme", "lost_card", "card_status", CARD, "k", effects=False).result == \
+        {"status": "active", "n": 1}
+
+
+def test_the_tool_processor_runs_no_side_effect_of_a_replayed_ticket() -> None:
+    import json
+
+    from pipeline.events import AgentStep, Message, ToolCall, ToolResult, UsageRecord
+    from pipeline.processing import Emit
+    from pipeline.serde import pack
+    from processors.tools import ToolProcessor
+    from tests.fakes import FixedClock
+
+    freeze = Counting()
+    processor = ToolProcessor(runner_with({"freeze_card": freeze}), FixedClock())
+
+    def call(tag: str | None) -> ToolCall:
+        step = AgentStep(step_id="t-1:1", ticket_id="t-1", tenant_id="acme", workflow="lost_card", step=1,
+                         ticket=b"", transcript=[Message("user", "I lost my card")], replay_tag=tag)
+        return ToolCall(call_id=f"t-1{'@' + tag if tag else ''}:1:freeze_card", ticket_id="t-1", tenant_id="acme",
+                        tool="freeze_card", arguments='{"customer_id": "C-00001", "card_last4": "1234"}',
+                        route="lost_card", reply_to="agent", requested_at=1, step=pack(step))
+
+    replayed = processor.handle(call("backfill-1"), "tools.calls/0/1")
+    assert isinstance(replayed, Emit) and freeze.calls == []
+    result = next(o.event for o in replayed.outputs if isinstance(o.event, ToolResult))
+    usage = next(o.event for o in replayed.outputs if isinstance(o.event, UsageRecord))
+    assert result.ok and json.loads(result.result or "{}")["status"] == "would_have_run"
+    assert (usage.outcome, usage.provider) == ("would_have_run", "replay")
+    assert not any(o.topic == "tools.invalidations" for o in replayed.outputs)  # nothing changed
+    live = processor.handle(call(None), "tools.calls/0/2")
+    assert isinstance(live, Emit) and len(freeze.calls) == 1  # the customer's own ticket: applied
+    assert any(o.topic == "tools.invalidations" for o in live.outputs)

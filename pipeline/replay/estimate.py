@@ -1,0 +1,178 @@
+"""What a replay will cost, before it spends: the agent share priced from usage history.
+
+The dry run (:mod:`pipeline.replay.dry_run`) tells which tickets of the window would reach
+the agent today, and on which route. Each agent run in ``llm.usage`` (its calls, grouped by
+the run's step ids) is a sample of what a run of its route, and of its ticket, costs: its
+tokens per call and tier, priced again with today's pricing table and the batch lane's
+models (so a new price or a cheaper batch model shows). The estimate sums each agent
+ticket's expectation (its own past runs, else its route's mean); the 95th percentile comes
+from a bootstrap of the sum (2,000 draws); the hard upper bound is each agent ticket at its
+per-ticket cap (its budget profile, at most the agent's cost limit). A route with fewer
+than ``MIN_RUNS`` past runs borrows every route's runs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.cache.audit import AUDIT_WORKFLOW
+from pipeline.events import UsageRecord
+from pipeline.llm.pricing import PricingTable
+
+MIN_RUNS = 5
+DRAWS = 2000
+BATCH_API_DISCOUNT = 0.5  # OpenAI's Batch API: half the price of the same call
+
+
+@dataclass
+class Call:
+    tier: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+    tokens_cached: int
+    latency_ms: float
+
+
+@dataclass
+class Run:
+    """One agent run of a ticket (the original or one replay of it), from its usage records."""
+
+    run_id: str
+    workflow: str
+    calls: list[Call] = field(default_factory=list)
+    steps: set[str] = field(default_factory=set)
+    started_ms: float = float("inf")  # the first call's start
+    ended_ms: float = 0.0  # the last call's end
+
+    @property
+    def wall_s(self) -> float:
+        """From the first call's start to the last call's end: the calls, and the tool round
+        trips and queueing between the steps."""
+        return max(0.0, self.ended_ms - self.started_ms) / 1000 if self.calls else 0.0
+
+
+def runs_from_usage(records: Sequence[UsageRecord], since_ms: int | None = None) -> list[Run]:
+    """The agent runs in ``llm.usage`` (served calls only; the cache audit's are not tickets'),
+    each record counted once however often it was delivered."""
+    seen: set[str] = set()
+    runs: dict[str, Run] = {}
+    first_step: dict[str, int] = {}
+    for record in records:
+        if (record.kind != "llm" or record.outcome != "ok" or record.workflow == AUDIT_WORKFLOW
+                or record.record_id in seen or (since_ms is not None and record.occurred_at < since_ms)):
+            continue
+        seen.add(record.record_id)
+        run_key, _, number = record.step.rpartition(":")
+        tier = record.record_id.rsplit(":", 1)[-1]
+        run = runs.setdefault(run_key, Run(run_key, record.workflow))
+        step_no = int(number) if number.isdigit() else 0
+        if step_no < first_step.get(run_key, 1 << 30):  # the route the router chose: step 0's
+            first_step[run_key] = step_no
+            run.workflow = record.workflow
+        run.steps.add(record.step)
+        run.started_ms = min(run.started_ms, record.occurred_at - record.latency_ms)
+        run.ended_ms = max(run.ended_ms, float(record.occurred_at))
+        run.calls.append(Call(tier, record.model, record.tokens_in, record.tokens_out, record.tokens_cached,
+                              record.latency_ms))
+    return list(runs.values())
+
+
+@dataclass(frozen=True)
+class AgentTicket:
+    """A ticket the dry run sends to the agent: its route and its per-ticket cap."""
+
+    ticket_id: str
+    route: str
+    cap_micros: int
+
+
+@dataclass
+class Estimate:
+    agent_tickets: int
+    estimated_micros: int
+    low_micros: int  # 2.5th percentile of the bootstrap
+    p95_micros: int
+    max_micros: int
+    batch_api_micros: int
+    history_runs: int
+    routes_without_history: list[str]
+    mean_calls: float
+    mean_run_s: float
+
+    def as_json(self) -> dict[str, object]:
+        usd = 1e6
+        return {
+            "estimated_cost_usd": round(self.estimated_micros / usd, 6),
+            "estimated_cost_band_usd": [round(self.low_micros / usd, 6), round(self.p95_micros / usd, 6)],
+            "estimated_cost_p95_usd": round(self.p95_micros / usd, 6),
+            "max_cost_usd": round(self.max_micros / usd, 6),
+            "batch_api_cost_usd": round(self.batch_api_micros / usd, 6),
+            "history_runs": self.history_runs,
+            "routes_without_history": self.routes_without_history,
+        }
+
+
+def estimate(tickets: Sequence[AgentTicket], runs: Sequence[Run], pricing: PricingTable,
+             model_of: Callable[[str, str], str], seed: int = 7) -> Estimate:
+    """Price ``tickets`` from past ``runs``; ``model_of(tier, recorded_model)`` is the model
+    the replay's lane uses for a tier (the recorded one when the lane does not change it).
+
+    A ticket that has run before (the original, or an earlier replay) is expected to cost
+    what its own runs cost: the tickets a replay sends to the agent are not an average
+    sample of their route (the easy ones are answered by the cache the first run filled),
+    and pricing them at the route's mean underestimated a replay by 45 %. Any other ticket
+    is expected at its route's mean. The band draws each ticket's cost from its route's
+    runs, shifted to the ticket's own expectation."""
+    def cost(run: Run) -> int:
+        return sum(pricing.cost_micros(model_of(c.tier, c.model), c.tokens_in, c.tokens_out, c.tokens_cached)
+                   if model_of(c.tier, c.model) in pricing.prices else 0 for c in run.calls)
+
+    by_route: dict[str, list[int]] = defaultdict(list)
+    by_ticket: dict[str, list[int]] = defaultdict(list)
+    for run in runs:
+        priced = cost(run)
+        by_route[run.workflow].append(priced)
+        by_ticket[run.run_id.split("@", 1)[0]].append(priced)
+    everything = [c for costs in by_route.values() for c in costs] or [0]
+    lacking = sorted({t.route for t in tickets if len(by_route.get(t.route, ())) < MIN_RUNS
+                      and t.ticket_id not in by_ticket})
+    samples = {route: np.array(by_route[route] if len(by_route.get(route, ())) >= MIN_RUNS else everything,
+                               dtype=np.float64)
+               for route in {t.route for t in tickets}}
+    expected = np.array([float(np.mean(by_ticket[t.ticket_id])) if t.ticket_id in by_ticket
+                         else float(samples[t.route].mean()) for t in tickets])
+    rng = np.random.default_rng(seed)
+    totals = np.zeros(DRAWS)
+    for route in samples:
+        members = np.array([i for i, t in enumerate(tickets) if t.route == route])
+        values = samples[route]
+        centred = values - values.mean()
+        n = len(members)
+        if n * DRAWS <= 4_000_000:
+            drawn = rng.choice(centred, size=(DRAWS, n), replace=True) + expected[members]
+            totals += np.maximum(drawn, 0).sum(axis=1)
+        else:  # a large window: the sum of n draws is normal to within a fraction of a percent
+            totals += rng.normal(expected[members].sum(), np.sqrt(n) * values.std(), size=DRAWS)
+    low, p95 = (np.percentile(totals, [2.5, 95]) if len(tickets) else (0.0, 0.0))
+    calls = [len(r.calls) for r in runs]
+    seconds = [r.wall_s for r in runs]
+    total = float(expected.sum()) if len(tickets) else 0.0
+    return Estimate(
+        agent_tickets=len(tickets), estimated_micros=round(total), low_micros=round(low), p95_micros=round(p95),
+        max_micros=sum(t.cap_micros for t in tickets), batch_api_micros=round(total * BATCH_API_DISCOUNT),
+        history_runs=len(runs), routes_without_history=lacking,
+        mean_calls=float(np.mean(calls)) if calls else 1.0, mean_run_s=float(np.mean(seconds)) if seconds else 1.0)
+
+
+def duration_s(agent_tickets: int, other_tickets: int, mean_calls: float, mean_run_s: float,
+               rate_per_s: float, concurrency: int, deflect_per_s: float = 200.0) -> float:
+    """How long the batch lane takes: its share of the provider's rate limit or its
+    concurrency, whichever binds, plus the deflected tickets at ``deflect_per_s``."""
+    by_rate = agent_tickets * mean_calls / rate_per_s
+    by_concurrency = agent_tickets * mean_run_s / max(1, concurrency)
+    return max(by_rate, by_concurrency) + other_tickets / deflect_per_s

@@ -1,0 +1,210 @@
+"""The Kafka side of the engine: one processor's consumer and transactional producer.
+
+Outputs, dead letters and input offsets of a set of records are committed in one
+transaction, so a crash at any point publishes all of it or none of it (read_committed
+readers never see half a set, or a retried set twice). The pattern is confluent-kafka's
+``examples/eos-transactions.py`` with KIP-447 fencing (``consumer_group_metadata``).
+Nothing here decides what to do with a record: that is the engine's and its failure
+policy's (pipeline/runtime/engine.py, pipeline/runtime/failures.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from pipeline.errors import TicketflowError
+from pipeline.events import DeadLetter, to_record
+from pipeline.metrics import RuntimeMetrics
+from pipeline.processing import Emit, Failure, Output
+from pipeline.serde import AvroSerde
+from pipeline.settings import Settings
+from topics.catalog import DLQ_MAX_BYTES, topic_name
+
+log = logging.getLogger(__name__)
+
+# Producer requests must fit a dead letter of the largest ingress record.
+PRODUCER_MAX_BYTES = DLQ_MAX_BYTES + 1024 * 1024
+
+Position = tuple[str, int, int]
+
+
+def position(message: Message) -> Position:
+    """(topic, partition, offset) of a consumed record (never None for a record without error)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def egress_topic(output: Output) -> str:
+    """Where an output goes: a replayed or audit ticket's answer never reaches the customers'
+    ``tickets.responses``; it goes to ``tickets.replay.responses`` (ARCHITECTURE: replays)."""
+    if output.topic == "tickets.responses" and getattr(output.event, "replay_tag", None):
+        return "tickets.replay.responses"
+    return output.topic
+
+
+class Transactions:
+    def __init__(self, name: str, settings: Settings, serde: AvroSerde, instance_id: str,
+                 metrics: RuntimeMetrics) -> None:
+        self.name = name
+        self.settings = settings
+        self.serde = serde
+        self.metrics = metrics
+        prefix = settings.topic_prefix
+        self.group = f"{prefix}ticketflow.{name}"
+        self.transactional_id = f"{self.group}.{instance_id}"
+        self.dlq_topic = topic_name(prefix, "tickets.dlq")
+        self._commits = 0
+        common = settings.kafka_common()
+        self.consumer: Any = Consumer({
+            **common,
+            "group.id": self.group,
+            "client.id": self.transactional_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 4),
+            "max.poll.interval.ms": 300_000,
+            "fetch.wait.max.ms": 50,
+        })
+        self.producer: Any = Producer({
+            **common,
+            "transactional.id": self.transactional_id,
+            "client.id": self.transactional_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "compression.type": "lz4",
+            "message.max.bytes": PRODUCER_MAX_BYTES,
+            "transaction.timeout.ms": settings.transaction_timeout_ms,
+        })
+
+    def start(self, topics: list[str], on_assign: Callable[..., None], on_revoke: Callable[..., None]) -> None:
+        # Fences a previous incarnation with this transactional.id and aborts its open
+        # transaction, so a restarted worker never waits for the broker's timeout.
+        self.producer.init_transactions(60)
+        self.consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.producer.flush(10)
+
+    def usable(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return True
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("%s: consumer error: %s", self.name, error)
+        return False
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def emit(self, message: Message, outcome: Emit, attempt: int) -> None:
+        self.metrics.records.labels(self.name, outcome.note or "emitted").inc()
+        if outcome.note:
+            log.info("%s: %s at %s/%d/%d: nothing emitted", self.name, outcome.note, *position(message))
+        for output in outcome.outputs:
+            topic = topic_name(self.settings.topic_prefix, egress_topic(output))
+            try:
+                value = self.serde.encode(type(output.event).SCHEMA, to_record(output.event), topic)
+            except TicketflowError as exc:
+                self.dead_letter(message, Failure(type(exc).__name__, f"cannot encode output: {exc}"), attempt)
+                return
+            self._produce(topic, output.key.encode(), value)
+
+    def dead_letter(self, message: Message, failure: Failure, attempt: int) -> None:
+        """The record's original bytes, key and headers on ``tickets.dlq``, with the reason."""
+        self.metrics.records.labels(self.name, "dead_letter").inc()
+        self.metrics.dead_letters.labels(self.name, failure.error_class).inc()
+        topic, partition, offset = position(message)
+        log.warning("%s: dead letter for %s/%d/%d: %s: %s", self.name, topic, partition, offset,
+                    failure.error_class, failure.message[:300])
+        letter = DeadLetter(
+            source_topic=topic, source_partition=partition, source_offset=offset, processor=self.name,
+            error_class=failure.error_class, error_message=failure.message[:4000], retryable=failure.retryable,
+            attempt=attempt, key=message.key(), value=message.value(), headers=_headers(message),
+            failed_at=time.time_ns() // 1_000_000,
+        )
+        value = self.serde.encode(DeadLetter.SCHEMA, to_record(letter), self.dlq_topic)
+        self._produce(self.dlq_topic, message.key(), value)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # local queue full: let deliveries drain
+
+    # -- transactions --------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self.producer.begin_transaction()
+
+    def commit(self, records: Sequence[Message]) -> bool:
+        """Send the records' next offsets and commit the open transaction; False when it had
+        to be aborted (it is then aborted here; the caller rewinds)."""
+        offsets: dict[tuple[str, int], int] = {}
+        for message in records:
+            topic, partition, offset = position(message)
+            offsets[(topic, partition)] = max(offsets.get((topic, partition), 0), offset + 1)
+        started = time.perf_counter()
+        self._commits += 1
+        if self._commits == self.settings.crash_before_commit:
+            self._crash_mid_transaction()
+        try:
+            self.producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                self.consumer.consumer_group_metadata(), 60)
+            self._commit_with_retry()
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.txn_requires_abort():
+                log.warning("%s: transaction aborted (%s); %d records to redo", self.name, error, len(records))
+                self.producer.abort_transaction(60)
+                self.metrics.retries.labels(self.name, "transaction_aborted").inc()
+                return False
+            raise
+        self.metrics.transaction_seconds.labels(self.name).observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels(self.name).observe(len(records))
+        return True
+
+    def _crash_mid_transaction(self) -> None:
+        """Fault injection (TICKETFLOW_CRASH_BEFORE_COMMIT): die with the outputs in the log
+        but the transaction open, the worst moment for a crash."""
+        self.producer.flush(30)
+        log.critical("%s: injected crash before commit %d", self.name, self._commits)
+        os._exit(137)
+
+    def _commit_with_retry(self) -> None:
+        while True:
+            try:
+                self.producer.commit_transaction(60)
+                return
+            except KafkaException as exc:
+                if exc.args[0].retriable():
+                    log.warning("%s: commit not yet confirmed (%s); retrying", self.name, exc.args[0])
+                    continue
+                raise
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Consume the partition again from ``offset`` (unless it was revoked meanwhile: its
+        new owner resumes from the committed offset)."""
+        try:
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:
+            log.info("%s: not rewinding %s/%d: %s", self.name, topic, partition, exc)
+
+
+def _headers(message: Message) -> dict[str, bytes]:
+    headers: list[tuple[str, bytes | str | None]] = list(message.headers() or [])  # type: ignore[arg-type]
+    return {name: (value.encode() if isinstance(value, str) else value or b"") for name, value in headers}

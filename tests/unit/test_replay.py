@@ -1,0 +1,96 @@
+"""Replay's pure parts: time windows, run ids, the estimate from usage history, the report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from pipeline.errors import ValidationFailure
+from pipeline.events import TicketResolved, TicketSubmitted, UsageRecord
+from pipeline.llm.pricing import PricingTable
+from pipeline.replay.estimate import AgentTicket, estimate, runs_from_usage
+from pipeline.replay.run import Selection, outcome_report
+from pipeline.replay.tags import checked_tag, is_replay, run_id
+from pipeline.replay.window import Window, parse_time
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+NOW_MS = int(NOW.timestamp() * 1000)
+
+
+@pytest.mark.parametrize(("text", "back_s"), [("2h", 7200), ("30m", 1800), ("7d", 7 * 86400), ("1h30m", 5400),
+                                              ("90s", 90), ("1w", 7 * 86400)])
+def test_durations_count_back_from_now(text: str, back_s: int) -> None:
+    assert parse_time(text, NOW) == NOW_MS - back_s * 1000
+
+
+def test_iso_times_are_utc_unless_they_say_otherwise() -> None:
+    assert parse_time("2026-12-04T11:00", NOW) == NOW_MS - 3_600_000
+    assert parse_time("2026-12-04T11:00:00.250Z", NOW) == NOW_MS - 3_600_000 + 250
+    assert parse_time("2026-12-04T12:00+01:00", NOW) == NOW_MS - 3_600_000
+    with pytest.raises(ValidationFailure, match="neither an ISO time"):
+        parse_time("yesterday-ish", NOW)
+
+
+def test_a_replay_runs_under_its_own_id_and_the_cache_audit_keeps_its_own() -> None:
+    assert run_id("t-1", None) == "t-1"
+    assert run_id("t-1", "backfill-7") == "t-1@backfill-7"
+    assert run_id("t-1#audit", "cache-audit|card_arrival|t-1|e-1") == "t-1#audit"
+    assert is_replay("backfill-7") and not is_replay("cache-audit|k|t|e") and not is_replay(None)
+    with pytest.raises(ValidationFailure):
+        checked_tag("has space")
+
+
+def usage(run: str, step: int, tier: str, model: str, tokens_in: int, tokens_out: int,
+          workflow: str = "fallback_agent", rid: str | None = None) -> UsageRecord:
+    return UsageRecord(record_id=rid or f"{run}:{step}:{tier}", tenant_id="demo", workflow=workflow,
+                       step=f"{run}:{step}", kind="llm", provider="simulated", model=model, occurred_at=NOW_MS,
+                       ticket_id=run.split("@")[0], tokens_in=tokens_in, tokens_out=tokens_out, latency_ms=500.0)
+
+
+def test_runs_are_grouped_by_run_id_counted_once_and_keep_the_routers_route() -> None:
+    records = [usage("a", 0, "cheap", "gpt-4.1-nano", 1000, 100, workflow="classify"),
+               usage("a", 1, "cheap", "gpt-4.1-nano", 1200, 100, workflow="lost_or_stolen_card"),
+               usage("a", 1, "cheap", "gpt-4.1-nano", 1200, 100, workflow="lost_or_stolen_card"),  # redelivered
+               usage("a@r1", 0, "strong", "gpt-4.1", 1000, 100)]
+    runs = {r.run_id: r for r in runs_from_usage(records)}
+    assert set(runs) == {"a", "a@r1"}
+    assert runs["a"].workflow == "classify" and len(runs["a"].calls) == 2
+
+
+def test_a_ticket_that_ran_before_is_priced_at_its_own_runs_the_rest_at_their_routes_mean() -> None:
+    pricing = PricingTable.load(None)
+    cheap = [usage(f"e{i}", 0, "cheap", "gpt-4.1-nano", 1000, 100) for i in range(20)]  # 140 micros each
+    hard = [usage("h", 0, "cheap", "gpt-4.1-nano", 1000, 100),
+            usage("h", 1, "strong", "gpt-4.1", 1000, 100, rid="h:1:strong")]
+    runs = runs_from_usage(cheap + hard)
+    same = estimate([AgentTicket("h", "fallback_agent", 30_000), AgentTicket("new", "fallback_agent", 30_000)],
+                    runs, pricing, lambda tier, recorded: recorded)
+    own = 140 + 2800  # h's own run: nano + gpt-4.1 at list prices
+    route_mean = (20 * 140 + own) / 21
+    assert same.estimated_micros == round(own + route_mean)
+    assert same.low_micros <= same.estimated_micros <= same.p95_micros <= same.max_micros == 60_000
+    assert same.batch_api_micros == round((own + route_mean) / 2)
+    # the batch lane's models price the same tokens again
+    mini = estimate([AgentTicket("new", "fallback_agent", 30_000)], runs, pricing,
+                    lambda tier, recorded: "gpt-4.1-mini")
+    assert mini.estimated_micros == round((20 * 560 + 2 * 560) / 21)
+
+
+def test_the_outcome_names_changes_duplicates_and_what_the_budget_stopped() -> None:
+    def answer(ticket: str, path: str, key: str | None, reason: str | None = None, cost: int = 0) -> TicketResolved:
+        return TicketResolved(ticket_id=ticket, tenant_id="demo", answer="", path=path,  # type: ignore[arg-type]
+                              resolution_key=key, created_at=1, resolved_at=2, escalation_reason=reason,
+                              cost_micros=cost, replay_tag="r")
+
+    tickets = [TicketSubmitted(ticket_id=t, tenant_id="demo", body="x") for t in ("a", "b", "c", "d")]
+    before = {"a": answer("a", "agent", "card_arrival"), "b": answer("b", "rule", "top_up"),
+              "c": answer("c", "agent", "refund")}
+    got = [answer("a", "cache", "card_arrival"), answer("b", "rule", "top_up", cost=0),
+           answer("b", "rule", "top_up"), answer("c", "escalated", None, "budget: scope_budget", cost=300)]
+    report = outcome_report(Selection(Window(None, None, []), tickets, before), got, 300)
+    assert (report["tickets"], report["resolved"], report["duplicates"]) == (4, 3, 1)
+    assert report["changed"]["count"] == 2 and report["changed"]["compared"] == 3
+    assert report["changed"]["key_changed"] == 1  # c: refund -> none; a only changed its path
+    assert report["not_replayed"] == {"count": 2, "over_budget": 1, "unanswered": 1, "examples": ["c", "d"]}
+    assert report["cost_usd"] == 0.0003 and report["spent_usd"] == 0.0003
