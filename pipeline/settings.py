@@ -176,6 +176,11 @@ class Settings(BaseSettings):
     agent_batch_models: dict[str, str] = Field(
         default_factory=dict, description="TICKETFLOW_AGENT_BATCH_MODELS: JSON {tier: model} for the batch lane "
         "(cheapest first; e.g. cheaper models for backfills); empty: the interactive lane's tiers")
+    llm_store_completions: bool = Field(
+        default=False, description="TICKETFLOW_LLM_STORE_COMPLETIONS: ask an OpenAI-compatible provider to keep "
+        "each completion (store=true, metadata ticketflow_request_id), so that a reply served to a worker killed "
+        "before it recorded the reply is found again (GET /v1/chat/completions?metadata...) instead of bought "
+        "twice. Off by default: the provider then keeps the tickets' text (OpenAI: 30 days).")
     llm_batch_rate_share: float = Field(default=0.5, gt=0, le=1, description="TICKETFLOW_LLM_BATCH_RATE_SHARE: the "
                                         "share of each provider's rate limit the batch lane may use")
     llm_batch_api: bool = Field(

@@ -5,7 +5,8 @@ so concurrent workers cannot all pass the check before any of them pays: a budge
 exceeded by more than what a settled call cost beyond its reservation (the reservation is
 the worst case, so normally not at all). Reservations are idempotent by id (the step id
 and tier): a step that runs again after a crash does not reserve twice, and a settlement is
-applied once. A settlement goes to the day its reservation was taken on (the reservation
+applied once; a reservation found taken and not settled tells the step that an attempt of
+a crashed worker was in flight under that id. A settlement goes to the day its reservation was taken on (the reservation
 records it): a call reserved before midnight and settled after it must not leave the old day
 over-reserved and the new day negative (a test once ran across midnight UTC and saw both).
 """
@@ -21,7 +22,10 @@ from pipeline.faults import adapter
 
 _RESERVE = """
 local state = redis.call('GET', KEYS[3])
-if state then return {1, 0} end
+if state then
+  if string.sub(state, 1, 2) == 'R:' then return {2, 0} end
+  return {1, 0}
+end
 local amount = tonumber(ARGV[1])
 local tenant = tonumber(redis.call('GET', KEYS[1]) or '0')
 local ticket = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -61,6 +65,9 @@ return 1
 class Reservation:
     granted: bool
     reason: str = ""  # tenant_budget or ticket_budget when refused
+    # Granted earlier and never settled: an attempt under this id was left in flight (its
+    # worker died after reserving); the provider may have served it.
+    resumed: bool = False
 
 
 @adapter("redis")
@@ -94,8 +101,8 @@ class RedisBudgets:
         if scope:
             args.append(scope)
         granted, _ = self._reserve(keys=self._keys(tenant, ticket, reservation, day, scope), args=args)
-        if int(granted) == 1:
-            return Reservation(True)
+        if int(granted) in (1, 2):
+            return Reservation(True, resumed=int(granted) == 2)
         return Reservation(False, {0: "tenant_budget", -1: "ticket_budget"}.get(int(granted), "scope_budget"))
 
     def settle(self, tenant: str, ticket: str, reservation: str, actual_micros: int) -> bool:

@@ -6,13 +6,10 @@ result here and reuses it instead of calling (and paying) the provider again.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-
 import redis
 
 from pipeline.faults import adapter
-from pipeline.llm.types import LLMResponse, RequestedToolCall
+from pipeline.llm.types import LLMResponse, response_from_json, response_to_json
 
 
 @adapter("redis")
@@ -29,9 +26,7 @@ class RedisStepResults:
         raw = self.client.get(self._key(call_key))
         if raw is None:
             return None
-        data = json.loads(raw)
-        data["tool_calls"] = tuple(RequestedToolCall(**c) for c in data["tool_calls"])
-        return LLMResponse(**data)
+        return response_from_json(raw)
 
     def claim(self, call_key: str, owner: str, ttl_s: float) -> bool:
         """Take the right to call the provider for ``call_key`` for ``ttl_s`` seconds; False
@@ -50,7 +45,6 @@ class RedisStepResults:
 
     def put(self, call_key: str, response: LLMResponse) -> LLMResponse:
         """Record ``response`` unless one is recorded already; returns the recorded one."""
-        data = asdict(response)
-        if self.client.set(self._key(call_key), json.dumps(data), nx=True, ex=self.ttl_s):
+        if self.client.set(self._key(call_key), response_to_json(response), nx=True, ex=self.ttl_s):
             return response
         return self.get(call_key) or response

@@ -229,6 +229,13 @@ class StepRunner:
             if not getattr(granted, "granted", True):
                 record.outcome = f"budget: {getattr(granted, 'reason', 'refused')}"
                 return record
+            if getattr(granted, "resumed", False):
+                recovered = await self.recovered(request.request_id)
+                if recovered is not None:  # served to a worker that died before recording it
+                    log.info("call %s: the reply served to an attempt left in flight is recovered, not bought "
+                             "again", request.request_id)
+                    recovered = dataclasses.replace(recovered, extra={**recovered.extra, "requested_model": model})
+                    return await self._paid(step, record, call_key, reservation, model, recovered, None)
             batched = self.batch_api is not None and step.lane == "batch"
             if not batched:  # a Batch API job has its own quota, not the real-time rate limit
                 limiters = [self.batch_limiter] if step.lane == "batch" and self.batch_limiter else []  # share first
@@ -253,17 +260,37 @@ class StepRunner:
                     return record
                 await self.sleep(delay)
                 continue
-            # Recorded the moment it arrived; if the store was down, outside the call's timeout,
-            # a reply that was paid for waits for its store however long it is down.
-            response = recorded or await self.ledger.record(call_key, served)
-            await self.ledger.settle(step.tenant_id, run_id(step.ticket_id, step.replay_tag), reservation,
-                                     self._cost(served))
-            record.response = response
-            record.cost_micros = self._cost(response)
-            self.breaker(model).record_success()
-            record.outcome = "ok"
-            return record
+            return await self._paid(step, record, call_key, reservation, model, served, recorded)
         return record
+
+    async def _paid(self, step: AgentStep, record: CallRecord, call_key: str, reservation: str, model: str,
+                    served: LLMResponse, recorded: LLMResponse | None) -> CallRecord:
+        """A served reply: recorded (the moment it arrived, or now: if the store is down,
+        outside the call's timeout, a reply that was paid for waits for its store however
+        long it is down), then the reservation settled to its cost."""
+        response = recorded or await self.ledger.record(call_key, served)
+        await self.ledger.settle(step.tenant_id, run_id(step.ticket_id, step.replay_tag), reservation,
+                                 self._cost(served))
+        record.response = response
+        record.cost_micros = self._cost(response)
+        self.breaker(model).record_success()
+        record.outcome = "ok"
+        return record
+
+    async def recovered(self, request_id: str) -> LLMResponse | None:
+        """The reply the provider served to ``request_id``, when it keeps them (else None: the
+        attempt is made again, and a reply lost in flight is paid twice). A provider error
+        here is not fatal (the call is made again); a transient store failure fails the step,
+        which runs again when the store is back."""
+        recover = getattr(self.provider, "recover", None)
+        if recover is None:
+            return None
+        try:
+            return await asyncio.wait_for(recover(request_id), self.limits.call_timeout_s)
+        except (ProviderError, TimeoutError) as exc:
+            log.warning("call %s: cannot ask %s for a reply served before a crash (%s); calling again",
+                        request_id, self.provider.name, exc)
+            return None
 
     def _cost(self, response: LLMResponse) -> int:
         """Micro-dollars of a reply, priced by the model asked for (a provider may answer with a

@@ -3,6 +3,11 @@
 delta, usage (with cached input tokens) comes from the stream's final chunk
 (``stream_options={"include_usage": True}``).
 
+With ``store_completions`` each completion is kept by the provider under the request's id
+(``store=true`` and ``metadata``), and :meth:`OpenAIProvider.recover` finds it again by that
+id (``GET /v1/chat/completions?metadata[ticketflow_request_id]=...``): the runner asks before
+it repeats an attempt that a crashed worker left in flight.
+
 The SDK's own retries are off (``max_retries=0``): retries, backoff and Retry-After belong
 to the agent's runner, which also counts them against the breaker and the budget.
 """
@@ -13,7 +18,9 @@ import json
 import time
 from typing import Any
 
+import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from pipeline.llm.types import (
     ChatMessage,
@@ -51,6 +58,9 @@ def chat_body(request: LLMRequest) -> dict[str, Any]:
     return body
 
 
+REQUEST_ID = "ticketflow_request_id"  # the metadata key a stored completion is found by
+
+
 def _retry_after(exc: openai.APIStatusError) -> float | None:
     value = exc.response.headers.get("retry-after") if exc.response is not None else None
     try:
@@ -61,8 +71,9 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 
 class OpenAIProvider:
     def __init__(self, base_url: str | None, api_key: str | None, timeout_s: float = 30.0,
-                 name: str = "openai") -> None:
+                 name: str = "openai", store_completions: bool = False) -> None:
         self.name = name
+        self.store_completions = store_completions
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s,
                                          max_retries=0)
 
@@ -74,6 +85,8 @@ class OpenAIProvider:
         usage: Any = None
         model = request.model
         kwargs = {**chat_body(request), "stream": True, "stream_options": {"include_usage": True}}
+        if self.store_completions and request.request_id:
+            kwargs.update(store=True, metadata={REQUEST_ID: request.request_id})
         try:
             stream = await self.client.chat.completions.create(**kwargs)
             async for chunk in stream:
@@ -92,17 +105,10 @@ class OpenAIProvider:
                         if part.function is not None:
                             slot["name"] = part.function.name or slot["name"]
                             slot["arguments"] += part.function.arguments or ""
-        except openai.RateLimitError as exc:
-            raise RateLimited(f"429 from {self.name}: {exc.message}", _retry_after(exc)) from exc
-        except openai.APITimeoutError as exc:
-            raise ProviderTimeout(f"{self.name} did not answer in time") from exc
-        except openai.APIConnectionError as exc:
-            raise ProviderUnavailable(f"cannot reach {self.name}: {exc}") from exc
-        except openai.APIStatusError as exc:
-            if exc.status_code >= 500:
-                raise ProviderUnavailable(f"{exc.status_code} from {self.name}: {exc.message}") from exc
-            raise ProviderUnavailable(f"{exc.status_code} from {self.name} (not retried by the SDK): "
-                                      f"{exc.message}") from exc
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        except httpx.TransportError as exc:  # the connection dropped mid-stream (the SDK does not wrap it)
+            raise ProviderUnavailable(f"{self.name}: the stream broke off: {exc}") from exc
         latency = (time.perf_counter() - started) * 1000
         cached = 0
         details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None
@@ -120,3 +126,39 @@ class OpenAIProvider:
                 raise MalformedOutput(f"tool call {call.name} has arguments that are not JSON: {exc}",
                                       response) from exc
         return response
+
+    async def recover(self, request_id: str) -> LLMResponse | None:
+        """The stored completion made for ``request_id`` (None: none, or storing is off)."""
+        if not self.store_completions:
+            return None
+        try:
+            page = await self.client.chat.completions.list(metadata={REQUEST_ID: request_id}, limit=1)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        if not page.data:
+            return None
+        completion = page.data[0]
+        message = completion.choices[0].message if completion.choices else None
+        usage = completion.usage
+        details = getattr(usage, "prompt_tokens_details", None)
+        calls = tuple(RequestedToolCall(c.id, c.function.name, c.function.arguments)
+                      for c in (message.tool_calls or []) if isinstance(c, ChatCompletionMessageFunctionToolCall)) \
+            if message is not None else ()
+        return LLMResponse(model=completion.model, provider=self.name, text=(message.content or "") if message else "",
+                           tool_calls=calls, tokens_in=getattr(usage, "prompt_tokens", 0) or 0,
+                           tokens_out=getattr(usage, "completion_tokens", 0) or 0,
+                           tokens_cached=(getattr(details, "cached_tokens", 0) or 0) if details is not None else 0,
+                           extra={"recovered": completion.id})
+
+    def _error(self, exc: openai.OpenAIError) -> Exception:
+        if isinstance(exc, openai.RateLimitError):
+            return RateLimited(f"429 from {self.name}: {exc.message}", _retry_after(exc))
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderTimeout(f"{self.name} did not answer in time")
+        if isinstance(exc, openai.APIConnectionError):
+            return ProviderUnavailable(f"cannot reach {self.name}: {exc}")
+        if isinstance(exc, openai.APIStatusError):
+            if exc.status_code >= 500:
+                return ProviderUnavailable(f"{exc.status_code} from {self.name}: {exc.message}")
+            return ProviderUnavailable(f"{exc.status_code} from {self.name} (not retried by the SDK): {exc.message}")
+        return ProviderUnavailable(f"{self.name}: {exc}")

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipeline.agent.prompt import read_facts
+from pipeline.faults import classify
 from pipeline.llm.tokens import count_tokens
 from pipeline.llm.types import (
     LLMRequest,
@@ -46,6 +47,8 @@ from pipeline.llm.types import (
     RateLimited,
     RequestedToolCall,
     ToolDefinition,
+    response_from_json,
+    response_to_json,
 )
 
 INJECTION_MARKERS = ("ignore your instructions", "ignore previous instructions", "ignore all previous")
@@ -67,7 +70,12 @@ DEFAULT_PROFILES: dict[str, ModelProfile] = {
 
 
 class BillingCounter(Protocol):
-    def add(self, model: str, request_id: str = "") -> None: ...
+    """The provider's books: a count per served call, and the reply it served (kept with the
+    booking, in one write, as a provider that stores completions does)."""
+
+    def add(self, model: str, request_id: str = "", reply: str = "") -> None: ...
+
+    def stored(self, request_id: str) -> str | None: ...
 
     def total(self) -> int: ...
 
@@ -76,11 +84,17 @@ class MemoryBilling:
     def __init__(self) -> None:
         self.by_model: dict[str, int] = {}
         self.calls: dict[str, int] = {}
+        self.replies: dict[str, str] = {}
 
-    def add(self, model: str, request_id: str = "") -> None:
+    def add(self, model: str, request_id: str = "", reply: str = "") -> None:
         self.by_model[model] = self.by_model.get(model, 0) + 1
         if request_id:
             self.calls[request_id] = self.calls.get(request_id, 0) + 1
+            if reply:
+                self.replies[request_id] = reply
+
+    def stored(self, request_id: str) -> str | None:
+        return self.replies.get(request_id)
 
     def total(self) -> int:
         return sum(self.by_model.values())
@@ -223,11 +237,6 @@ class SimulatedProvider:
         latency = ttft + tokens_out * profile.per_token_ms
         await self.sleep(latency / 1000 * self.time_scale)
         self._prefixes.add(self._prefix(request))
-        # Synchronous on purpose, though it is a Redis round trip on the agent's event loop
-        # (a fifth of the loop's time at 50 tickets/s, py-spy): an await between billing a
-        # reply and returning it let a rebalance or kill -9 lose replies that were billed, and
-        # their re-runs were billed twice (CI: the broker-restart and agent kill -9 tests).
-        self.billing.add(request.model, request.request_id)
         response = LLMResponse(model=request.model, provider=self.name, text=text, tool_calls=calls,
                                tokens_in=tokens_in, tokens_out=tokens_out, tokens_cached=cached,
                                ttft_ms=round(ttft * self.time_scale, 2), latency_ms=round(latency * self.time_scale, 2),
@@ -235,9 +244,24 @@ class SimulatedProvider:
         if fault == "malformed":
             broken = tuple(RequestedToolCall(c.call_id, c.name, c.arguments[: len(c.arguments) // 2]) for c in calls) \
                 or (RequestedToolCall("call_broken", "card_status", '{"customer_id": "C-0'),)
-            raise MalformedOutput("tool call arguments are not valid JSON (simulated)",
-                                  _with_calls(response, broken))
+            response = _with_calls(response, broken)
+        # Billed and stored in one write, as served (a malformed reply too). Synchronous on
+        # purpose, though it is a Redis round trip on the agent's event loop: an await between
+        # billing a reply and returning it widened the window in which a kill -9 loses a
+        # reply that was billed (the runner then finds it with :meth:`recover`).
+        self.billing.add(request.model, request.request_id, response_to_json(response))
+        if fault == "malformed":
+            raise MalformedOutput("tool call arguments are not valid JSON (simulated)", response)
         return response
+
+    async def recover(self, request_id: str) -> LLMResponse | None:
+        """The reply served to ``request_id``, from the provider's store (None: never served).
+        While the store is unreachable this raises :class:`~pipeline.errors.Transient`."""
+        try:
+            raw = self.billing.stored(request_id)
+        except Exception as exc:
+            raise classify(exc, "redis") from exc
+        return response_from_json(raw) if raw is not None else None
 
     @staticmethod
     def _prefix(request: LLMRequest) -> str:

@@ -24,7 +24,7 @@ import redis
 from pipeline.llm.batch import BatchLine, BatchState, request_body, request_from_body
 from pipeline.llm.simulated import SimulatedProvider
 from pipeline.llm.tokens import count_tokens
-from pipeline.llm.types import LLMResponse, ProviderUnavailable
+from pipeline.llm.types import LLMResponse, ProviderUnavailable, response_to_json
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ class SimulatedBatches:
                                              latency_ms=float(elapsed_ms), extra=extra)
         if self.client.set(self._key("billed", batch_id), 1, nx=True, ex=self.ttl_s):
             for rid, reply in state.results.items():
-                self.provider.billing.add(reply.model, rid)
+                self.provider.billing.add(reply.model, rid, response_to_json(reply))
         return state
 
     def submissions(self, request_id: str) -> int:

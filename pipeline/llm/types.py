@@ -9,7 +9,8 @@ retry, count against the breaker), ``ProviderTimeout`` (likewise), ``MalformedOu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from pipeline.errors import TicketflowError
@@ -89,6 +90,22 @@ class MalformedOutput(ProviderError):
 
 
 class LLMProvider(Protocol):
+    """A model behind an API. A provider that keeps the replies it served (OpenAI's stored
+    completions, the simulated provider) also has ``async recover(request_id) -> LLMResponse
+    | None``: the reply it served to a request of that id, if any. The runner asks it before
+    it calls again for an attempt that a crashed worker left in flight, so that a reply paid
+    for but never received is not bought twice."""
+
     name: str
 
     async def complete(self, request: LLMRequest) -> LLMResponse: ...
+
+
+def response_to_json(response: LLMResponse) -> str:
+    return json.dumps(asdict(response))
+
+
+def response_from_json(raw: str | bytes) -> LLMResponse:
+    data = json.loads(raw)
+    data["tool_calls"] = tuple(RequestedToolCall(**c) for c in data["tool_calls"])
+    return LLMResponse(**data)

@@ -41,6 +41,8 @@ class FaultServer:
         self.batch_creates: Counter[str] = Counter()
         self.batch_delay_s = 1.0
         self.batch_outcome = "completed"  # or "expired"
+        self.stored: list[dict[str, Any]] = []  # completions made with store=true, as listed back
+        self.drop_after_serving = False  # serve a completion, then drop the connection (reply lost)
         self.loop = asyncio.new_event_loop()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -69,6 +71,7 @@ class FaultServer:
         asyncio.set_event_loop(self.loop)
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_get("/v1/chat/completions", self._list_completions)
         app.router.add_post("/v1/files", self._upload)
         app.router.add_get("/v1/files/{file_id}/content", self._file_content)
         app.router.add_post("/v1/batches", self._create_batch)
@@ -100,7 +103,16 @@ class FaultServer:
         async def send(payload: dict[str, Any]) -> None:
             await response.write(f"data: {json.dumps(payload)}\n\n".encode())
 
-        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": f"{model}-2026-01-01"}
+        base = {"id": f"chatcmpl-{sum(self.requests.values())}", "object": "chat.completion.chunk", "created": 1,
+                "model": f"{model}-2026-01-01"}
+        usage = {"prompt_tokens": 1200, "completion_tokens": 40, "total_tokens": 1240,
+                 "prompt_tokens_details": {"cached_tokens": 1024}}
+        if body.get("store"):
+            self._store(base, kind, body.get("metadata") or {}, usage)
+            if self.drop_after_serving:  # served and stored (billed), but the client never sees the reply
+                await response.write(b"data: {not json")
+                request.transport.close() if request.transport else None
+                return response
         if kind in ("tools", "malformed"):
             arguments = '{"customer_id": "C-00001"}' if kind == "tools" else '{"customer_id": "C-0'
             pieces = [arguments[: len(arguments) // 2], arguments[len(arguments) // 2:]]
@@ -117,12 +129,30 @@ class FaultServer:
                 await send({**base, "choices": [{"index": 0, "delta": {"content": text[i:i + 20]},
                                                  "finish_reason": None}]})
                 await asyncio.sleep(0.005)
-        await send({**base, "choices": [], "usage": {"prompt_tokens": 1200, "completion_tokens": 40,
-                                                      "total_tokens": 1240,
-                                                      "prompt_tokens_details": {"cached_tokens": 1024}}})
+        await send({**base, "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    def _store(self, base: dict[str, Any], kind: str, metadata: dict[str, str], usage: dict[str, Any]) -> None:
+        message: dict[str, Any] = {"role": "assistant", "content": None}
+        if kind in ("tools", "malformed"):
+            message["tool_calls"] = [{"id": "call_abc", "type": "function", "function": {
+                "name": "card_status", "arguments": '{"customer_id": "C-00001"}'}}]
+        else:
+            message["content"] = json.dumps({"resolution_key": "exchange_rate",
+                                             "answer": "We use the interbank rate.", "confidence": 0.9})
+        self.stored.append({**base, "object": "chat.completion", "metadata": metadata, "usage": usage,
+                            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+
+    async def _list_completions(self, request: web.Request) -> web.Response:
+        """Stored completions, filtered by ``metadata[key]=value`` query parameters."""
+        wanted = {k[len("metadata["):-1]: v for k, v in request.query.items() if k.startswith("metadata[")}
+        found = [c for c in self.stored if all(c["metadata"].get(k) == v for k, v in wanted.items())]
+        limit = int(request.query.get("limit", "20"))
+        return web.json_response({"object": "list", "data": found[:limit], "has_more": len(found) > limit,
+                                  "first_id": found[0]["id"] if found else None,
+                                  "last_id": found[-1]["id"] if found else None})
 
     # -- the Batch API -------------------------------------------------------------------
 

@@ -4,11 +4,13 @@ the protocol, faults included; and the agent's breaker and fallback against that
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 
 import pytest
 
+from pipeline.agent.machine import Final
 from pipeline.agent.prompt import KEY_SCHEMA
 from pipeline.agent.runner import Limits, StepRunner
 from pipeline.events import AgentStep, Message
@@ -135,3 +137,49 @@ def test_breaker_opens_sends_work_to_the_fallback_and_closes_after_its_cool_down
     third = asyncio.run(runner.run(step(3)))
     assert third.calls[0].model == "flaky-primary" and server.requests["flaky-primary"] == 4
     assert state(breakers, "openai:flaky-primary") == "closed"
+
+
+class InFlight(Budgets):
+    """Budgets on which the listed reservations were taken by a worker that then died."""
+
+    def __init__(self, left: set[str]) -> None:
+        self.left = left
+
+    def reserve(self, *args: object) -> object:
+        from pipeline.adapters.redis_budget import Reservation
+
+        return Reservation(True, resumed=str(args[2]) in self.left)
+
+
+def test_a_stored_completion_lost_with_its_worker_is_recovered_by_its_request_id(server: FaultServer) -> None:
+    provider = OpenAIProvider(server.url, "k", timeout_s=5, store_completions=True)
+    prices = PricingTable.from_mapping({"ok-stored": {"input": "1", "cached_input": "0.5", "output": "2"}})
+    step = AgentStep(step_id="t-9:0", ticket_id="t-9", tenant_id="a", workflow="w", step=0, ticket=b"",
+                     model_tier="strong", transcript=[Message("user", "What rate do you use?")])
+
+    def runner(left: set[str]) -> StepRunner:
+        return StepRunner(provider, {"strong": "ok-stored"}, None, prices, Store(), InFlight(left), None,
+                          lambda allowed: (), "system", ["exchange_rate"], {"default": 10**9}, lambda t: 10**9)
+
+    # A worker's attempt 1: the server serves and stores the completion, then the connection
+    # drops before the reply arrives (the worker dies with it).
+    server.drop_after_serving = True
+    lost = runner(set()).request(step, "ok-stored", (), "t-9:0:strong:1")
+    with pytest.raises(ProviderUnavailable):
+        asyncio.run(provider.complete(lost))
+    server.drop_after_serving = False
+    assert server.requests["ok-stored"] == 1
+    assert server.bodies["ok-stored"]["store"] is True
+    assert server.bodies["ok-stored"]["metadata"] == {"ticketflow_request_id": "t-9:0:strong:1"}
+    # The step runs again elsewhere and finds attempt 1 left in flight: it asks the provider
+    # for the stored completion instead of calling again.
+    run = asyncio.run(runner({"t-9:0:strong:1"}).run(step))
+    assert server.requests["ok-stored"] == 1  # not bought twice
+    [call] = run.calls
+    assert call.response is not None and call.response.extra["recovered"].startswith("chatcmpl-")
+    assert (call.response.tokens_in, call.response.tokens_out, call.response.tokens_cached) == (1200, 40, 1024)
+    assert isinstance(run.action, Final) and run.action.resolution_key == "exchange_rate"
+    # Nothing stored for an attempt: the call is made.
+    other = dataclasses.replace(step, step_id="t-10:0", ticket_id="t-10")
+    asyncio.run(runner({"t-10:0:strong:1"}).run(other))
+    assert server.requests["ok-stored"] == 2

@@ -22,7 +22,7 @@ from pipeline.agent.prompt import (
 from pipeline.agent.runner import Limits, StepRunner, offered_tools
 from pipeline.events import AgentStep, Message, TicketResolved, TicketSubmitted
 from pipeline.llm.pricing import Price, PricingTable
-from pipeline.llm.simulated import MemoryBilling, SimulatedProvider
+from pipeline.llm.simulated import DEFAULT_PROFILES, MemoryBilling, SimulatedProvider
 from pipeline.llm.types import (
     LLMRequest,
     LLMResponse,
@@ -173,8 +173,8 @@ class Budget:
                 ticket_limit: int, scope: str | None = None) -> object:
         from pipeline.adapters.redis_budget import Reservation
 
-        if reservation in self.held:
-            return Reservation(True)
+        if reservation in self.held:  # taken and not settled: an attempt left in flight
+            return Reservation(True, resumed=True)
         if self.spent + amount > min(self.limit, ticket_limit):
             return Reservation(False, "ticket_budget")
         self.held[reservation] = amount
@@ -231,6 +231,30 @@ def test_a_confident_cheap_answer_stands_and_an_unsure_one_goes_to_the_strong_ti
     second = asyncio.run(runner(provider).run(step(1)))
     assert second.tier == "strong" and [c.tier for c in second.calls] == ["cheap", "strong"]
     assert sum(c.cost_micros for c in second.calls) > 0  # both calls are the step's cost
+
+
+def test_a_reply_served_to_a_worker_that_died_before_recording_it_is_recovered_not_bought_again() -> None:
+    billing = MemoryBilling()
+    profiles = {"mini": DEFAULT_PROFILES["gpt-4.1-mini"], "big": DEFAULT_PROFILES["gpt-4.1"],
+                "nano": DEFAULT_PROFILES["gpt-4.1-nano"]}  # the runner fixture's model names
+    provider = SimulatedProvider(seed=3, intents=INTENTS, billing=billing, sleep=no_sleep, profiles=profiles)
+    budget = Budget()
+    dead = runner(provider, budget=budget)
+    s = step()
+    # The dead worker reserved attempt 1 and the provider served it; the worker was killed
+    # before it recorded the reply (the reservation is never settled, nothing is recorded).
+    dead_request = dead.request(s, "mini", (), f"{s.step_id}:cheap:1")
+    budget.reserve(s.tenant_id, s.ticket_id, f"{s.step_id}:cheap:1", 100, 10**9, 10**9)
+    served = asyncio.run(provider.complete(dead_request))
+    assert billing.total() == 1
+    run = asyncio.run(runner(provider, budget=budget).run(s))
+    [call] = run.calls
+    assert billing.total() == 1 and billing.calls == {f"{s.step_id}:cheap:1": 1}  # not bought twice
+    assert call.response is not None and (call.response.text, call.response.tokens_in) == (served.text,
+                                                                                           served.tokens_in)
+    assert call.cost_micros > 0 and not budget.held  # the dead attempt's reservation is settled
+    fresh = asyncio.run(runner(provider, budget=Budget()).run(step(1)))  # no attempt in flight: a new call
+    assert fresh.calls[0].response is not None and billing.total() == 2
 
 
 def test_a_recorded_result_is_reused_without_a_call() -> None:
