@@ -166,6 +166,10 @@ class Settings(BaseSettings):
         "per 1M tokens, over the built-in list prices")
     sim_seed: int = Field(default=7, description="TICKETFLOW_SIM_SEED: the simulated provider's seed")
     sim_fault_rate: float = Field(default=0.0, ge=0, le=1, description="TICKETFLOW_SIM_FAULT_RATE")
+    sim_crash_after_billing: int = Field(default=0, ge=0, description="TICKETFLOW_SIM_CRASH_AFTER_BILLING: fault "
+                                         "injection for tests: the worker kills itself (SIGKILL) right after the "
+                                         "simulated provider bills its n-th call, before the reply is recorded "
+                                         "(0: never)")
     sim_time_scale: float = Field(default=1.0, gt=0, description="TICKETFLOW_SIM_TIME_SCALE: <1 speeds "
                                   "the simulated latency up (tests)")
     agent_max_steps: int = Field(default=6, ge=1)

@@ -33,7 +33,8 @@ def build_provider(settings: Settings, client: redis.Redis[bytes], intents: Coll
     return SimulatedProvider(seed=settings.sim_seed, fault_rate=settings.sim_fault_rate, intents=list(intents),
                              billing=RedisBilling(client, settings.redis_key_prefix()),
                              time_scale=settings.sim_time_scale,
-                             timeout_s=min(settings.llm_timeout_s, 20.0) + 1.0)
+                             timeout_s=min(settings.llm_timeout_s, 20.0) + 1.0,
+                             crash_after_billing=settings.sim_crash_after_billing)
 
 
 def tiers(settings: Settings) -> dict[str, str]:

@@ -30,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -127,7 +129,7 @@ class SimulatedProvider:
     def __init__(self, seed: int = 7, fault_rate: float = 0.0, profiles: dict[str, ModelProfile] | None = None,
                  intents: list[str] | None = None, billing: BillingCounter | None = None, time_scale: float = 1.0,
                  timeout_s: float = 20.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 cache_min_tokens: int = 1024) -> None:
+                 cache_min_tokens: int = 1024, crash_after_billing: int = 0) -> None:
         if not 0 <= fault_rate <= 1:
             raise ValueError("fault_rate must lie in [0, 1]")
         self.seed = seed
@@ -135,6 +137,10 @@ class SimulatedProvider:
         self.profiles = profiles or DEFAULT_PROFILES
         self.intents = sorted(intents or [])
         self.billing = billing or MemoryBilling()
+        # Fault injection for tests: this process kills itself (SIGKILL) right after billing
+        # its n-th served call, before the caller sees the reply: the worst moment to die.
+        self.crash_after_billing = crash_after_billing
+        self.served = 0
         self.time_scale = time_scale
         self.timeout_s = timeout_s
         self.sleep = sleep
@@ -250,6 +256,9 @@ class SimulatedProvider:
         # billing a reply and returning it widened the window in which a kill -9 loses a
         # reply that was billed (the runner then finds it with :meth:`recover`).
         self.billing.add(request.model, request.request_id, response_to_json(response))
+        self.served += 1
+        if self.served == self.crash_after_billing:
+            os.kill(os.getpid(), signal.SIGKILL)
         if fault == "malformed":
             raise MalformedOutput("tool call arguments are not valid JSON (simulated)", response)
         return response
