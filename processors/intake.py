@@ -91,27 +91,31 @@ class Intake:
         return body, normalise(ticket.subject) if ticket.subject else None
 
     def _problem(self, ticket: TicketSubmitted) -> str | None:
-        if not TICKET_ID.fullmatch(ticket.ticket_id):
-            return f"ticket_id {ticket.ticket_id[:40]!r} must be 1-128 characters of [A-Za-z0-9._:-]"
-        if not ticket.tenant_id:
-            return "tenant_id is missing"
-        if not TENANT_ID.fullmatch(ticket.tenant_id):
-            return f"tenant_id {ticket.tenant_id[:40]!r} must be 1-64 characters of [A-Za-z0-9._-]"
-        body_bytes = len(ticket.body.encode("utf-8", "surrogatepass"))
-        if body_bytes > self.limits.max_body_bytes:
-            return f"body is {body_bytes} bytes, over the limit of {self.limits.max_body_bytes}"
-        if ticket.subject and len(ticket.subject.encode("utf-8", "surrogatepass")) > self.limits.max_subject_bytes:
-            return f"subject is over the limit of {self.limits.max_subject_bytes} bytes"
-        if len(ticket.metadata) > MAX_METADATA_ENTRIES:
-            return f"metadata has {len(ticket.metadata)} entries, over the limit of {MAX_METADATA_ENTRIES}"
-        for name, value in ticket.metadata.items():
-            if len(value.encode("utf-8", "surrogatepass")) > MAX_METADATA_VALUE_BYTES:
-                return f"metadata {name[:40]!r} is over {MAX_METADATA_VALUE_BYTES} bytes"
-        if ticket.created_at is not None:
-            now = self.clock.now_ms()
-            if not _EARLIEST_MS <= ticket.created_at <= now + _MAX_SKEW_MS:
-                return f"created_at {ticket.created_at} is not a plausible epoch-milliseconds time"
-        return None
+        return ticket_problem(ticket, self.limits, self.clock.now_ms())
+
+
+def ticket_problem(ticket: TicketSubmitted, limits: IntakeLimits, now_ms: int) -> str | None:
+    """Why ``ticket`` is invalid (its first problem, naming the field first), or None: intake's
+    checks, shared with the HTTP gateway, which answers 422 instead of dead-lettering."""
+    if not TICKET_ID.fullmatch(ticket.ticket_id):
+        return f"ticket_id {ticket.ticket_id[:40]!r} must be 1-128 characters of [A-Za-z0-9._:-]"
+    if not ticket.tenant_id:
+        return "tenant_id is missing"
+    if not TENANT_ID.fullmatch(ticket.tenant_id):
+        return f"tenant_id {ticket.tenant_id[:40]!r} must be 1-64 characters of [A-Za-z0-9._-]"
+    body_bytes = len(ticket.body.encode("utf-8", "surrogatepass"))
+    if body_bytes > limits.max_body_bytes:
+        return f"body is {body_bytes} bytes, over the limit of {limits.max_body_bytes}"
+    if ticket.subject and len(ticket.subject.encode("utf-8", "surrogatepass")) > limits.max_subject_bytes:
+        return f"subject is over the limit of {limits.max_subject_bytes} bytes"
+    if len(ticket.metadata) > MAX_METADATA_ENTRIES:
+        return f"metadata has {len(ticket.metadata)} entries, over the limit of {MAX_METADATA_ENTRIES}"
+    for name, value in ticket.metadata.items():
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_METADATA_VALUE_BYTES:
+            return f"metadata {name[:40]!r} is over {MAX_METADATA_VALUE_BYTES} bytes"
+    if ticket.created_at is not None and not _EARLIEST_MS <= ticket.created_at <= now_ms + _MAX_SKEW_MS:
+        return f"created_at {ticket.created_at} is not a plausible epoch-milliseconds time"
+    return None
 
 
 def normalise(text: str) -> str:

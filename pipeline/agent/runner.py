@@ -229,14 +229,15 @@ class StepRunner:
             if not getattr(granted, "granted", True):
                 record.outcome = f"budget: {getattr(granted, 'reason', 'refused')}"
                 return record
-            if getattr(granted, "resumed", False):
+            batched = self.batch_api is not None and step.lane == "batch"
+            # (A Batch API call left in flight is found by its job key, in the collector.)
+            if getattr(granted, "resumed", False) and not batched:
                 recovered = await self.recovered(request.request_id)
                 if recovered is not None:  # served to a worker that died before recording it
                     log.info("call %s: the reply served to an attempt left in flight is recovered, not bought "
                              "again", request.request_id)
                     recovered = dataclasses.replace(recovered, extra={**recovered.extra, "requested_model": model})
                     return await self._paid(step, record, call_key, reservation, model, recovered, None)
-            batched = self.batch_api is not None and step.lane == "batch"
             if not batched:  # a Batch API job has its own quota, not the real-time rate limit
                 limiters = [self.batch_limiter] if step.lane == "batch" and self.batch_limiter else []  # share first
                 await self.ledger.wait_for_rate([*limiters, *([self.limiter] if self.limiter else [])],

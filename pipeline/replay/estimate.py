@@ -14,7 +14,7 @@ than ``MIN_RUNS`` past runs borrows every route's runs.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,7 +118,8 @@ class Estimate:
 
 
 def estimate(tickets: Sequence[AgentTicket], runs: Sequence[Run], pricing: PricingTable,
-             model_of: Callable[[str, str], str], seed: int = 7) -> Estimate:
+             model_of: Callable[[str, str], str], seed: int = 7,
+             group_of: Mapping[str, str] | None = None) -> Estimate:
     """Price ``tickets`` from past ``runs``; ``model_of(tier, recorded_model)`` is the model
     the replay's lane uses for a tier (the recorded one when the lane does not change it).
 
@@ -127,25 +128,43 @@ def estimate(tickets: Sequence[AgentTicket], runs: Sequence[Run], pricing: Prici
     sample of their route (the easy ones are answered by the cache the first run filled),
     and pricing them at the route's mean underestimated a replay by 45 %. Any other ticket
     is expected at its route's mean. The band draws each ticket's cost from its route's
-    runs, shifted to the ticket's own expectation."""
+    runs, shifted to the ticket's own expectation.
+
+    With ``group_of`` (ticket id -> a group, e.g. the resolution key its original answer
+    gave), a ticket whose group has ``MIN_RUNS`` runs is expected at the group's mean
+    instead: the tickets the cache still sends to the agent were selected *by* their first
+    run (an answer the cache trusts deflects the ticket now), so that run is not a fair
+    draw of what the next one costs; its group's runs, deflected or not, are."""
     def cost(run: Run) -> int:
         return sum(pricing.cost_micros(model_of(c.tier, c.model), c.tokens_in, c.tokens_out, c.tokens_cached)
                    if model_of(c.tier, c.model) in pricing.prices else 0 for c in run.calls)
 
     by_route: dict[str, list[int]] = defaultdict(list)
     by_ticket: dict[str, list[int]] = defaultdict(list)
+    by_group: dict[str, list[int]] = defaultdict(list)
+    groups = group_of or {}
     for run in runs:
         priced = cost(run)
+        ticket = run.run_id.split("@", 1)[0]
         by_route[run.workflow].append(priced)
-        by_ticket[run.run_id.split("@", 1)[0]].append(priced)
+        by_ticket[ticket].append(priced)
+        if ticket in groups:
+            by_group[groups[ticket]].append(priced)
     everything = [c for costs in by_route.values() for c in costs] or [0]
     lacking = sorted({t.route for t in tickets if len(by_route.get(t.route, ())) < MIN_RUNS
                       and t.ticket_id not in by_ticket})
     samples = {route: np.array(by_route[route] if len(by_route.get(route, ())) >= MIN_RUNS else everything,
                                dtype=np.float64)
                for route in {t.route for t in tickets}}
-    expected = np.array([float(np.mean(by_ticket[t.ticket_id])) if t.ticket_id in by_ticket
-                         else float(samples[t.route].mean()) for t in tickets])
+    def expectation(ticket: AgentTicket) -> float:
+        group = by_group.get(groups.get(ticket.ticket_id, ""), [])
+        if len(group) >= MIN_RUNS:
+            return float(np.mean(group))
+        if ticket.ticket_id in by_ticket:
+            return float(np.mean(by_ticket[ticket.ticket_id]))
+        return float(samples[ticket.route].mean())
+
+    expected = np.array([expectation(t) for t in tickets])
     rng = np.random.default_rng(seed)
     totals = np.zeros(DRAWS)
     for route in samples:
