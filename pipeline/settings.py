@@ -180,6 +180,13 @@ class Settings(BaseSettings):
     agent_batch_models: dict[str, str] = Field(
         default_factory=dict, description="TICKETFLOW_AGENT_BATCH_MODELS: JSON {tier: model} for the batch lane "
         "(cheapest first; e.g. cheaper models for backfills); empty: the interactive lane's tiers")
+    gateway_rate_per_s: float = Field(default=200.0, gt=0, description="TICKETFLOW_GATEWAY_RATE_PER_S: requests "
+                                      "a second per tenant, over every gateway process (429 beyond)")
+    gateway_rate_burst: int = Field(default=400, ge=1, description="TICKETFLOW_GATEWAY_RATE_BURST")
+    gateway_max_request_bytes: int = Field(default=256 * 1024, ge=1024, description="TICKETFLOW_GATEWAY_MAX_"
+                                           "REQUEST_BYTES: larger request bodies get 413")
+    gateway_produce_timeout_s: float = Field(default=10.0, gt=0, description="TICKETFLOW_GATEWAY_PRODUCE_"
+                                             "TIMEOUT_S: a ticket not acknowledged by Kafka in this time gets 503")
     llm_store_completions: bool = Field(
         default=False, description="TICKETFLOW_LLM_STORE_COMPLETIONS: ask an OpenAI-compatible provider to keep "
         "each completion (store=true, metadata ticketflow_request_id), so that a reply served to a worker killed "

@@ -12,7 +12,7 @@ import redis
 
 from pipeline.faults import adapter
 
-_GCRA = """
+GCRA_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -35,7 +35,7 @@ class RedisRateLimiter:
         self.key_prefix = key_prefix
         self.interval_us = int(1_000_000 / rate_per_s)
         self.burst = burst
-        self._script = client.register_script(_GCRA)
+        self._script = client.register_script(GCRA_SCRIPT)
 
     def acquire(self, provider: str, model: str) -> float:
         """Seconds to wait before trying again; 0.0 when the call may go out now (and is counted)."""

@@ -18,6 +18,7 @@ from pipeline.cli import (
     replay_cmd,
     results_cmd,
     route_cmd,
+    serve_cmd,
     services_cmd,
     submit_cmd,
     tools_cmd,
@@ -29,7 +30,7 @@ from pipeline.settings import Settings, load_settings
 
 Runner = Callable[[argparse.Namespace, Settings], int]
 MODULES = (services_cmd, topics_cmd, worker_cmd, submit_cmd, results_cmd, replay_cmd, dlq_cmd, cache_cmd, route_cmd,
-           tools_cmd, demo_cmd)
+           tools_cmd, serve_cmd, demo_cmd)
 
 EPILOG = """environment (defaults in brackets):
   TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS  existing Kafka cluster [local broker on 127.0.0.1:9092]

@@ -66,7 +66,7 @@ class ApiKeys:
 class KeyLookup:
     """The gateway's side: the tenant of a presented key (None: unknown or revoked)."""
 
-    def __init__(self, client: aioredis.Redis, key_prefix: str, cache_s: float = 5.0) -> None:
+    def __init__(self, client: aioredis.Redis[bytes], key_prefix: str, cache_s: float = 5.0) -> None:
         self.client = client
         self.hash_key = f"{key_prefix}gateway:keys"
         self.cache_s = cache_s

@@ -1,0 +1,445 @@
+"""The gateway's HTTP API (FastAPI on uvicorn).
+
+FastAPI rather than aiohttp: the request models are the validation (422 names the field at
+fault) and the OpenAPI document is generated from the same code, so the property-based
+tests (schemathesis) check the server against the spec it actually serves. confluent-kafka's
+asyncio producer sends tickets; one fan-out consumer per process (pipeline/gateway/fanout.py)
+wakes the requests that wait and feeds the event streams.
+
+Errors are JSON, ``{"error": {"code", "message", "field"}}``: 401 without a valid key, 404
+for an unknown ticket or another tenant's, 413 over the request size limit, 422 for
+invalid input (the same checks as intake), 429 with ``Retry-After`` over the tenant's rate,
+503 with ``Retry-After`` while Kafka or Redis is unreachable. Bad input never gets a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+import redis.asyncio as aioredis
+from confluent_kafka import KafkaException
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pipeline.events import TicketSubmitted, to_record
+from pipeline.gateway.fanout import RESOLVED, FanOut
+from pipeline.gateway.keys import KeyLookup
+from pipeline.gateway.status import TicketStatus, resolved_writer
+from pipeline.runtime.context import redis_client
+from pipeline.runtime.worker import make_serde
+from pipeline.settings import Settings
+from processors.intake import IntakeLimits, ticket_problem
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 60
+
+
+class TicketIn(BaseModel):
+    """A ticket as an app posts it. The tenant is never part of it: it comes from the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ticket_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+                                  description="your id (default: generated); a ticket id is answered once")
+    customer_id: str | None = Field(default=None, max_length=128)
+    subject: str | None = Field(default=None, max_length=1024)
+    body: str = Field(min_length=1, description="the customer's message")
+    lane: Literal["interactive", "batch"] = "interactive"
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class Accepted(BaseModel):
+    ticket_id: str
+    status: Literal["pending"]
+    location: str
+
+
+class Resolved(BaseModel):
+    ticket_id: str
+    status: Literal["resolved"]
+    path: str
+    answer: str
+    resolution_key: str | None = None
+    escalation_reason: str | None = None
+    created_at: int
+    resolved_at: int
+    cost_usd: float
+    end_to_end_ms: float
+
+
+class Problem(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: Problem
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    kafka: bool
+    redis: bool
+    fanout: bool
+
+
+def error(status: int, code: str, message: str, field: str | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "field": field}}, status_code=status,
+                        headers=headers)
+
+
+class Rejected(Exception):
+    def __init__(self, response: JSONResponse) -> None:
+        self.response = response
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no API key, or not a valid one"},
+    413: {"model": ErrorBody, "description": "the request is over the size limit"},
+    422: {"model": ErrorBody, "description": "invalid input; `field` names the part at fault"},
+    429: {"model": ErrorBody, "description": "over the tenant's request rate; see Retry-After"},
+    503: {"model": ErrorBody, "description": "Kafka or Redis unreachable; try again after Retry-After"},
+}
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    redis: aioredis.Redis[bytes]
+    keys: KeyLookup
+    status: TicketStatus
+    producer: Any  # confluent_kafka.aio.AIOProducer
+    fanout: FanOut
+    serde: Any
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    limits: IntakeLimits
+
+
+class BodyLimit:
+    """413 before a byte over ``max_bytes`` of a request body is read (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        too_big = error(413, "too_large", f"the request is over {self.max_bytes} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await too_big(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await too_big(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from confluent_kafka.aio import AIOProducer
+
+        prefix = settings.redis_key_prefix()
+        client = aioredis.Redis.from_url(settings.redis_location(), socket_timeout=5, socket_connect_timeout=5)
+        sync_redis = redis_client(settings)
+        serde = make_serde(settings)
+        producer = AIOProducer({**settings.kafka_common(), "enable.idempotence": True, "acks": "all",
+                                "linger.ms": 1}, batch_size=1, buffer_timeout=0)
+        loop = asyncio.get_running_loop()
+        fanout = FanOut(settings, serde, loop, resolved_writer(sync_redis, prefix))
+        registry = CollectorRegistry()
+        app.state.gateway = Gateway(
+            settings, client, KeyLookup(client, prefix), TicketStatus(client, prefix), producer, fanout, serde,
+            registry,
+            Counter("ticketflow_gateway_requests_total", "HTTP requests by route and status",
+                    ["route", "status"], registry=registry),
+            Histogram("ticketflow_gateway_request_seconds", "time to answer a request, by route", ["route"],
+                      registry=registry, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 60)),
+            IntakeLimits(settings.max_body_bytes, settings.max_subject_bytes))
+        fanout.start()
+        await asyncio.get_running_loop().run_in_executor(None, fanout.ready.wait, 30)
+        log.info("gateway: serving; fan-out reading %s", sorted(fanout.topics))
+        try:
+            yield
+        finally:
+            fanout.close()
+            await producer.flush()
+            await producer.close()
+            await client.close()
+
+    app = FastAPI(title="ticketflow gateway", version="1", lifespan=lifespan,
+                  description="Post support tickets, wait for or stream their answers. The tenant comes from "
+                              "the API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`).")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        field = ".".join(loc) or None
+        message = str(first.get("msg", "invalid"))
+        if first.get("type") == "extra_forbidden" and loc == ["tenant_id"]:
+            message = "tenant_id must not be sent: the tenant comes from the API key"
+        elif first.get("type") == "extra_forbidden":
+            message = f"unknown field {field!r}"
+        return error(422, "invalid", message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Rejected)
+    async def rejected(request: Request, exc: Rejected) -> JSONResponse:
+        return exc.response
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        gateway: Gateway | None = getattr(request.app.state, "gateway", None)
+        if gateway is not None:
+            gateway.requests.labels(name, str(response.status_code)).inc()
+            gateway.latency.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    def gw(request: Request) -> Gateway:
+        gateway: Gateway = request.app.state.gateway
+        return gateway
+
+    async def tenant_of(request: Request, authorization: str | None, x_api_key: str | None) -> str:
+        key = x_api_key or ""
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            key = value.strip() if scheme.lower() == "bearer" else ""
+        if not key:
+            raise Rejected(error(401, "unauthorized", "an API key is needed (Authorization: Bearer KEY)",
+                                 headers={"WWW-Authenticate": "Bearer"}))
+        try:
+            tenant = await gw(request).keys.tenant(key)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise Rejected(unavailable("redis", exc)) from exc
+        if tenant is None:
+            raise Rejected(error(401, "unauthorized", "the API key is not valid (unknown or revoked)",
+                                 headers={"WWW-Authenticate": "Bearer"}))
+        return tenant
+
+    @app.post("/v1/tickets", status_code=202, response_model=Accepted,
+              responses={200: {"model": Resolved, "description": "answered within `wait` seconds"},
+                         409: {"model": ErrorBody, "description": "the Idempotency-Key was used for another "
+                                                                  "request body"}, **ERRORS})
+    async def post_ticket(ticket: TicketIn, request: Request,
+                          wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="seconds to wait for the answer"),
+                          authorization: str | None = Header(None), x_api_key: str | None = Header(None),
+                          idempotency_key: str | None = Header(None, max_length=255)) -> Response:
+        gateway = gw(request)
+        tenant = await tenant_of(request, authorization, x_api_key)
+        try:
+            retry = await gateway.status.rate_wait_s(tenant, gateway.settings.gateway_rate_per_s,
+                                                     gateway.settings.gateway_rate_burst)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return unavailable("redis", exc)
+        if retry > 0:
+            return error(429, "rate_limited", f"over {gateway.settings.gateway_rate_per_s:g} requests/s for "
+                         f"tenant {tenant}", headers={"Retry-After": str(max(1, math.ceil(retry)))})
+        ticket_id = ticket.ticket_id or f"gw-{uuid.uuid4().hex}"
+        now = int(time.time() * 1000)
+        event = TicketSubmitted(ticket_id=ticket_id, tenant_id=tenant, body=ticket.body,
+                                customer_id=ticket.customer_id, subject=ticket.subject, lane=ticket.lane,
+                                channel="api", created_at=now, metadata=dict(ticket.metadata))
+        problem = ticket_problem(event, gateway.limits, now)
+        if problem is not None:
+            return error(422, "invalid", problem, problem.split(" ", 1)[0])
+        try:
+            if idempotency_key:
+                digest = hashlib.sha256(ticket.model_dump_json().encode()).hexdigest()
+                earlier = await gateway.status.claim_idempotency_key(tenant, idempotency_key, ticket_id, digest)
+                if earlier is not None:
+                    if earlier[1] != digest:
+                        return error(409, "idempotency_key_reused", "this Idempotency-Key was used for another "
+                                     "request body", "Idempotency-Key")
+                    ticket_id = earlier[0]  # the same request again: the same ticket
+                    event = dataclasses.replace(event, ticket_id=ticket_id)
+            await gateway.status.pending(tenant, ticket_id, now)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return unavailable("redis", exc)
+        key = (tenant, ticket_id)
+        queue = gateway.fanout.listen(key) if wait > 0 else None
+        try:
+            try:
+                topic = gateway.settings.topic_prefix + "tickets.ingress"
+                delivered = await gateway.producer.produce(
+                    topic, value=gateway.serde.encode(TicketSubmitted.SCHEMA, to_record(event), topic),
+                    key=ticket_id.encode())
+                await asyncio.wait_for(delivered, gateway.settings.gateway_produce_timeout_s)
+            except (KafkaException, TimeoutError) as exc:
+                return unavailable("kafka", exc)
+            location = f"/v1/tickets/{ticket_id}"
+            if queue is not None:
+                answer = await _resolution(gateway, key, queue, wait)
+                if answer is not None:
+                    return JSONResponse(answer, status_code=200, headers={"Location": location})
+            return JSONResponse({"ticket_id": ticket_id, "status": "pending", "location": location},
+                                status_code=202, headers={"Location": location})
+        finally:
+            if queue is not None:
+                gateway.fanout.unlisten(key, queue)
+
+    @app.get("/v1/tickets/{ticket_id}", response_model=Resolved,
+             responses={202: {"model": Accepted, "description": "accepted, not answered yet"},
+                        404: {"model": ErrorBody, "description": "no such ticket for this tenant"}, **ERRORS})
+    async def get_ticket(ticket_id: str, request: Request, authorization: str | None = Header(None),
+                         x_api_key: str | None = Header(None)) -> Response:
+        gateway = gw(request)
+        tenant = await tenant_of(request, authorization, x_api_key)
+        done = [e for e in gateway.fanout.history((tenant, ticket_id)) if e.id == RESOLVED]
+        if done:
+            return JSONResponse(done[0].data)
+        try:
+            known = await gateway.status.get(tenant, ticket_id)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return unavailable("redis", exc)
+        if known is None:
+            return error(404, "not_found", f"no ticket {ticket_id!r} for this tenant")
+        location = f"/v1/tickets/{ticket_id}"
+        if known.get("status") == "resolved":
+            return JSONResponse(known)
+        return JSONResponse({"ticket_id": ticket_id, "status": "pending", "location": location}, status_code=202,
+                            headers={"Location": location})
+
+    @app.get("/v1/tickets/{ticket_id}/events",
+             responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"},
+                        404: {"model": ErrorBody, "description": "no such ticket for this tenant"}, **ERRORS})
+    async def ticket_events(ticket_id: str, request: Request, authorization: str | None = Header(None),
+                            x_api_key: str | None = Header(None),
+                            last_event_id: str | None = Header(None)) -> Response:
+        gateway = gw(request)
+        tenant = await tenant_of(request, authorization, x_api_key)
+        key = (tenant, ticket_id)
+        try:
+            known = await gateway.status.get(tenant, ticket_id)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return unavailable("redis", exc)
+        if known is None and not gateway.fanout.history(key):
+            return error(404, "not_found", f"no ticket {ticket_id!r} for this tenant")
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
+        queue = gateway.fanout.listen(key)
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                sent = after
+                backlog = gateway.fanout.history(key)
+                if known is not None and known.get("status") == "resolved" and not any(
+                        e.id == RESOLVED for e in backlog):
+                    from pipeline.gateway.fanout import Progress
+
+                    backlog.append(Progress(RESOLVED, "resolved", known))
+                for progress in backlog:
+                    if progress.id > sent:
+                        sent = progress.id
+                        yield progress.sse()
+                while sent < RESOLVED:
+                    try:
+                        progress = await asyncio.wait_for(queue.get(), 15)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    if progress.id > sent:
+                        sent = progress.id
+                        yield progress.sse()
+            finally:
+                gateway.fanout.unlisten(key, queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "degraded"}})
+    async def healthz(request: Request) -> JSONResponse:
+        gateway = gw(request)
+        try:
+            redis_ok = bool(await asyncio.wait_for(gateway.redis.ping(), 2))
+        except (redis.ConnectionError, redis.TimeoutError, TimeoutError):
+            redis_ok = False
+        fanout_ok = gateway.fanout.ready.is_set()
+        try:
+            await asyncio.wait_for(gateway.producer.list_topics(timeout=2), 3)
+            kafka_ok = True
+        except Exception:  # any failure to reach the cluster is "not healthy"
+            kafka_ok = False
+        healthy = redis_ok and fanout_ok and kafka_ok
+        return JSONResponse({"status": "ok" if healthy else "degraded", "kafka": kafka_ok, "redis": redis_ok,
+                             "fanout": fanout_ok}, status_code=200 if healthy else 503)
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(gw(request).registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_request_bytes)
+    return app
+
+
+async def _resolution(gateway: Gateway, key: tuple[str, str], queue: asyncio.Queue[Any],
+                      wait: float) -> dict[str, Any] | None:
+    done = [e for e in gateway.fanout.history(key) if e.id == RESOLVED]
+    if done:
+        return dict(done[0].data)
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return None
+        try:
+            progress = await asyncio.wait_for(queue.get(), left)
+        except TimeoutError:
+            return None
+        if progress.id == RESOLVED:
+            return dict(progress.data)
+
+
+def unavailable(dependency: str, exc: BaseException) -> JSONResponse:
+    log.warning("gateway: %s unavailable: %s", dependency, exc)
+    return error(503, "unavailable", f"{dependency} is unreachable; try again", None, {"Retry-After": "1"})
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    document: dict[str, Any] = create_app(settings).openapi()
+    return document

@@ -1,0 +1,217 @@
+"""One consumer per gateway process, fanned out to every request that waits or streams.
+
+The consumer reads the pipeline's own topics (no consumer group: every gateway process sees
+every partition) and turns records into a ticket's progress events: ``accepted``
+(``tickets.accepted``), ``cache`` (a miss on ``tickets.uncached``; a hit is a resolution by
+the cache), ``routed`` and ``agent_step`` (``agent.steps.*``), ``resolved``
+(``tickets.responses``). Each event's id is its place in a ticket's life (``10`` accepted,
+``20`` cache, ``30`` routed, ``40+n`` agent step n, ``90`` resolved), the same in every
+gateway process, so a client that reconnects elsewhere resumes with ``Last-Event-ID``.
+
+Resolutions are also written to Redis (:class:`~pipeline.gateway.status.TicketStatus`), so
+``GET /v1/tickets/{id}`` answers after the events have left memory or the process. On start
+the consumer begins ``catchup_s`` seconds back (``offsets_for_times``): answers produced
+while no gateway ran are recorded too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+
+from pipeline.events import AgentStep, TicketResolved, TicketSubmitted
+from pipeline.serde import AvroSerde
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ACCEPTED, CACHE, ROUTED, AGENT, RESOLVED = 10, 20, 30, 40, 90
+Key = tuple[str, str]  # (tenant, ticket id)
+
+
+@dataclass(frozen=True)
+class Progress:
+    id: int
+    event: str
+    data: dict[str, Any]
+
+    def sse(self) -> str:
+        return f"id: {self.id}\nevent: {self.event}\ndata: {json.dumps(self.data, sort_keys=True)}\n\n"
+
+
+def resolution(answer: TicketResolved) -> dict[str, Any]:
+    """A resolved ticket as the gateway shows it."""
+    return {"ticket_id": answer.ticket_id, "status": "resolved", "path": answer.path, "answer": answer.answer,
+            "resolution_key": answer.resolution_key, "escalation_reason": answer.escalation_reason,
+            "created_at": answer.created_at, "resolved_at": answer.resolved_at,
+            "cost_usd": round(answer.cost_micros / 1e6, 6), "end_to_end_ms": answer.end_to_end_ms}
+
+
+@dataclass
+class _Ticket:
+    events: list[Progress] = field(default_factory=list)
+    listeners: list[asyncio.Queue[Progress]] = field(default_factory=list)
+
+
+class FanOut:
+    """The consumer thread and the in-memory progress of recent tickets."""
+
+    def __init__(self, settings: Settings, serde: AvroSerde, loop: asyncio.AbstractEventLoop,
+                 record_resolved: Callable[[list[tuple[Key, dict[str, Any]]]], None],
+                 catchup_s: float = 900.0, keep: int = 50_000) -> None:
+        self.settings = settings
+        self.serde = serde
+        self.loop = loop
+        self.record_resolved = record_resolved
+        self.catchup_s = catchup_s
+        self.keep = keep
+        self.tickets: OrderedDict[Key, _Ticket] = OrderedDict()
+        self.topics = {settings.topic_prefix + t: t for t in ("tickets.accepted", "tickets.uncached",
+                                                              "agent.steps.interactive", "agent.steps.batch",
+                                                              "tickets.responses")}
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.lag_ms = 0.0  # produce-to-seen delay of the last record
+        self._thread = threading.Thread(target=self._run, name="gateway-fanout", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(timeout=10)
+
+    # -- the event loop's side -------------------------------------------------------------
+
+    def history(self, key: Key) -> list[Progress]:
+        ticket = self.tickets.get(key)
+        return list(ticket.events) if ticket is not None else []
+
+    def listen(self, key: Key) -> asyncio.Queue[Progress]:
+        """A queue of ``key``'s events from now on (call :meth:`unlisten` when done)."""
+        queue: asyncio.Queue[Progress] = asyncio.Queue()
+        self._ticket(key).listeners.append(queue)
+        return queue
+
+    def unlisten(self, key: Key, queue: asyncio.Queue[Progress]) -> None:
+        ticket = self.tickets.get(key)
+        if ticket is not None and queue in ticket.listeners:
+            ticket.listeners.remove(queue)
+
+    def _ticket(self, key: Key) -> _Ticket:
+        ticket = self.tickets.get(key)
+        if ticket is None:
+            ticket = self.tickets[key] = _Ticket()
+            while len(self.tickets) > self.keep:
+                old_key, old = next(iter(self.tickets.items()))
+                if old.listeners:  # someone still listens: keep it, stop trimming
+                    break
+                del self.tickets[old_key]
+        return ticket
+
+    def _deliver(self, items: list[tuple[Key, Progress]]) -> None:
+        for key, progress in items:
+            ticket = self._ticket(key)
+            if any(e.id == progress.id for e in ticket.events):
+                continue  # the same event read again (catch-up, a redelivery)
+            ticket.events.append(progress)
+            ticket.events.sort(key=lambda e: e.id)
+            for queue in ticket.listeners:
+                queue.put_nowait(progress)
+
+    # -- the consumer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        consumer = Consumer({**self.settings.kafka_common(), "group.id": f"gateway-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             "fetch.wait.max.ms": 10, "enable.partition.eof": False})
+        try:
+            consumer.assign(self._start_positions(consumer))
+            self.ready.set()
+            while not self.stop.is_set():
+                message = consumer.poll(0.1)
+                if message is None:
+                    continue
+                batch = [message, *consumer.consume(num_messages=499, timeout=0)]
+                self._handle(batch)
+        except Exception:  # the gateway's health check reports a dead fan-out
+            log.exception("gateway fan-out consumer stopped")
+            raise
+        finally:
+            self.ready.clear()
+            consumer.close()
+
+    def _start_positions(self, consumer: Consumer) -> list[TopicPartition]:
+        since = int((time.time() - self.catchup_s) * 1000)
+        wanted = []
+        for topic in self.topics:
+            metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+            if metadata.error is not None:
+                raise RuntimeError(f"topic {topic}: {metadata.error}")
+            wanted += [TopicPartition(topic, p, since) for p in metadata.partitions]
+        found = consumer.offsets_for_times(wanted, timeout=10)
+        return [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found]
+
+    def _handle(self, messages: list[Any]) -> None:
+        items: list[tuple[Key, Progress]] = []
+        resolved: list[tuple[Key, dict[str, Any]]] = []
+        for message in messages:
+            if message.error() is not None:
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("gateway fan-out: %s", message.error())
+                continue
+            topic = self.topics.get(message.topic(), "")
+            try:
+                found = self._progress(topic, message.value())
+            except Exception as exc:  # a record the pipeline dead-letters; not the gateway's to judge
+                log.debug("gateway fan-out: skipping an undecodable record of %s: %s", topic, exc)
+                continue
+            for key, progress in found:
+                items.append((key, progress))
+                if progress.id == RESOLVED:
+                    resolved.append((key, progress.data))
+            self.lag_ms = max(0.0, time.time() * 1000 - message.timestamp()[1])
+        if items:  # waiters first (GET reads memory before Redis), then Redis, however long it is down
+            self.loop.call_soon_threadsafe(self._deliver, items)
+        if resolved:
+            self.record_resolved(resolved)
+
+    def _progress(self, topic: str, value: bytes) -> list[tuple[Key, Progress]]:
+        if topic == "tickets.responses":
+            answer = TicketResolved.from_record(self.serde.decode(TicketResolved.SCHEMA, value))
+            key = (answer.tenant_id, answer.ticket_id)
+            done = (key, Progress(RESOLVED, "resolved", resolution(answer)))
+            if answer.path == "cache":
+                return [(key, Progress(CACHE, "cache", {"ticket_id": answer.ticket_id, "hit": True,
+                                                        "similarity": answer.cache_similarity})), done]
+            return [done]
+        if topic in ("tickets.accepted", "tickets.uncached"):
+            ticket = TicketSubmitted.from_record(self.serde.decode(TicketSubmitted.SCHEMA, value))
+            if ticket.replay_tag:
+                return []
+            key = (ticket.tenant_id, ticket.ticket_id)
+            if topic == "tickets.accepted":
+                return [(key, Progress(ACCEPTED, "accepted", {"ticket_id": ticket.ticket_id}))]
+            decision = ticket.cache_decision
+            return [(key, Progress(CACHE, "cache", {"ticket_id": ticket.ticket_id, "hit": False,
+                                                    "similarity": getattr(decision, "similarity", None)}))]
+        step = AgentStep.from_record(self.serde.decode(AgentStep.SCHEMA, value))
+        if step.replay_tag:
+            return []
+        key = (step.tenant_id, step.ticket_id)
+        if step.step == 0:  # the router's hand-off to the agent
+            return [(key, Progress(ROUTED, "routed", {"ticket_id": step.ticket_id, "workflow": step.workflow,
+                                                      "intent": step.intent}))]
+        return [(key, Progress(AGENT + min(step.step, 49), "agent_step", {
+            "ticket_id": step.ticket_id, "step": step.step, "tier": step.model_tier,
+            "tokens": step.tokens_in + step.tokens_out, "cost_usd": round(step.cost_micros / 1e6, 6)}))]
