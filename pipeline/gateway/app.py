@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.events import TicketSubmitted, to_record
-from pipeline.gateway.fanout import RESOLVED, FanOut
+from pipeline.gateway.fanout import RESOLVED, FanOut, Progress
 from pipeline.gateway.keys import KeyLookup
 from pipeline.gateway.status import TicketStatus, resolved_writer
 from pipeline.runtime.context import redis_client
@@ -307,6 +307,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             try:
                 topic = gateway.settings.topic_prefix + "tickets.ingress"
+                producing_ms = time.time() * 1000
                 delivered = await gateway.producer.produce(
                     topic, value=gateway.serde.encode(TicketSubmitted.SCHEMA, to_record(event), topic),
                     key=ticket_id.encode())
@@ -317,7 +318,12 @@ def create_app(settings: Settings) -> FastAPI:
             if queue is not None:
                 answer = await _resolution(gateway, key, queue, wait)
                 if answer is not None:
-                    return JSONResponse(answer, status_code=200, headers={"Location": location})
+                    # Server-Timing: the pipeline's share, what a Kafka client of its own would
+                    # wait (from the produce call to the answer read back), so a client can tell
+                    # the gateway's own time (keys, limits, idempotency, HTTP) apart
+                    pipeline_ms = max(0.0, answer.seen_ms - producing_ms) if answer.seen_ms else 0.0
+                    return JSONResponse(answer.data, status_code=200, headers={
+                        "Location": location, "Server-Timing": f"pipeline;dur={pipeline_ms:.1f}"})
             return JSONResponse({"ticket_id": ticket_id, "status": "pending", "location": location},
                                 status_code=202, headers={"Location": location})
         finally:
@@ -370,8 +376,6 @@ def create_app(settings: Settings) -> FastAPI:
                 backlog = gateway.fanout.history(key)
                 if known is not None and known.get("status") == "resolved" and not any(
                         e.id == RESOLVED for e in backlog):
-                    from pipeline.gateway.fanout import Progress
-
                     backlog.append(Progress(RESOLVED, "resolved", known))
                 for progress in backlog:
                     if progress.id > sent:
@@ -417,11 +421,11 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _resolution(gateway: Gateway, key: tuple[str, str], queue: asyncio.Queue[Any],
-                      wait: float) -> dict[str, Any] | None:
+async def _resolution(gateway: Gateway, key: tuple[str, str], queue: asyncio.Queue[Progress],
+                      wait: float) -> Progress | None:
     done = [e for e in gateway.fanout.history(key) if e.id == RESOLVED]
     if done:
-        return dict(done[0].data)
+        return done[0]
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         left = deadline - asyncio.get_running_loop().time()
@@ -432,7 +436,7 @@ async def _resolution(gateway: Gateway, key: tuple[str, str], queue: asyncio.Que
         except TimeoutError:
             return None
         if progress.id == RESOLVED:
-            return dict(progress.data)
+            return progress
 
 
 def unavailable(dependency: str, exc: BaseException) -> JSONResponse:

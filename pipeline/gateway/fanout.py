@@ -44,6 +44,7 @@ class Progress:
     id: int
     event: str
     data: dict[str, Any]
+    seen_ms: float = 0.0  # when this gateway read it (wall clock, ms)
 
     def sse(self) -> str:
         return f"id: {self.id}\nevent: {self.event}\ndata: {json.dumps(self.data, sort_keys=True)}\n\n"
@@ -176,7 +177,9 @@ class FanOut:
             except Exception as exc:  # a record the pipeline dead-letters; not the gateway's to judge
                 log.debug("gateway fan-out: skipping an undecodable record of %s: %s", topic, exc)
                 continue
+            seen = time.time() * 1000
             for key, progress in found:
+                progress = Progress(progress.id, progress.event, progress.data, seen)
                 items.append((key, progress))
                 if progress.id == RESOLVED:
                     resolved.append((key, progress.data))
