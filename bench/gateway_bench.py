@@ -1,0 +1,171 @@
+"""The HTTP gateway's own cost: requests at a steady rate through `ticketflow serve` to one
+`ticketflow worker`, each waiting for its answer (``POST /v1/tickets?wait=60``).
+
+For every answered request: the client's end-to-end time (request sent to answer read), and
+the pipeline's share from the ``Server-Timing: pipeline;dur=`` header (the gateway's produce
+call to the answer read back from Kafka: what a Kafka client of its own would wait). The
+gateway's overhead is the difference: HTTP, the API key, the tenant's rate limit, the
+idempotency key and the pending mark in Redis, and waking the request. Reported per rate:
+percentiles of the overhead, of the pipeline's share and of the end-to-end time, and the
+status codes.
+
+    ./run ticketflow services up
+    PYTHONPATH=. .venv/bin/python bench/gateway_bench.py --rates 50 200 --seconds 20
+
+Writes ``bench/results/gateway_bench.json`` and ``gateway_bench.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    p = np.percentile(values, [50, 95, 99])
+    return {"n": len(values), "p50": round(float(p[0]), 2), "p95": round(float(p[1]), 2),
+            "p99": round(float(p[2]), 2), "max": round(max(values), 2)}
+
+
+async def load(url: str, key: str, rate: float, seconds: float, texts: list[str]) -> dict[str, Any]:
+    results: list[tuple[int, float, float | None]] = []
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(base_url=url, timeout=90, limits=limits) as client:
+        async def one(i: int) -> None:
+            started = time.perf_counter()
+            try:
+                r = await client.post("/v1/tickets", params={"wait": 60}, json={"body": texts[i % len(texts)]},
+                                      headers={"Authorization": f"Bearer {key}"})
+            except httpx.TransportError:
+                results.append((0, 0.0, None))
+                return
+            e2e = (time.perf_counter() - started) * 1000
+            timing = re.search(r"pipeline;dur=([0-9.]+)", r.headers.get("server-timing", ""))
+            results.append((r.status_code, e2e, float(timing.group(1)) if timing else None))
+
+        tasks = []
+        begin = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = begin + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+            if i and i % int(rate * 5) == 0:
+                say(f"gateway-bench: {rate:g}/s: sent {i}/{n}")
+        await asyncio.gather(*tasks)
+    answered = [(e2e, pipe) for code, e2e, pipe in results if code == 200 and pipe is not None]
+    return {"rate_per_s": rate, "sent": len(results), "codes": dict(Counter(str(c) for c, _, _ in results)),
+            "overhead_ms": pct([e2e - pipe for e2e, pipe in answered]),
+            "pipeline_ms": pct([pipe for _, pipe in answered]), "end_to_end_ms": pct([e2e for e2e, _ in answered]),
+            "overheads": sorted(round(e2e - pipe, 2) for e2e, pipe in answered)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 200.0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+
+    from pipeline import services
+    from pipeline.admin import apply_topics, delete_topics
+    from pipeline.datasets import banking77_split
+    from pipeline.demo import start_workers, stop_workers
+    from pipeline.gateway.keys import ApiKeys
+    from pipeline.runtime.context import redis_client
+    from pipeline.settings import load_settings
+
+    base = load_settings()
+    services.up(base, adopt=True)
+    settings = base.model_copy(update={"topic_prefix": f"gwbench-{uuid.uuid4().hex[:6]}."})
+    apply_topics(settings)
+    key, _ = ApiKeys(redis_client(settings), settings.redis_key_prefix()).create("bench")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TICKETFLOW_TOPIC_PREFIX": settings.topic_prefix, "TICKETFLOW_GATEWAY_RATE_PER_S": "10000",
+           "TICKETFLOW_GATEWAY_RATE_BURST": "10000"}
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    workers = start_workers(settings, 1, logs)
+    with (logs / "gateway_bench.log").open("ab") as log:
+        gateway = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "serve", "--port", str(port)],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    report: dict[str, Any] = {"seconds": args.seconds, "runs": []}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        _, held = banking77_split()
+        texts = [q.text for q in held]
+        asyncio.run(load(url, key, 5, 4, texts))  # warm-up: group joins, the model, the cache
+        for rate in args.rates:
+            run = asyncio.run(load(url, key, rate, args.seconds, texts))
+            say(f"gateway-bench: {rate:g}/s: overhead {run['overhead_ms']}, codes {run['codes']}")
+            report["runs"].append(run)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(30)
+        stop_workers(workers)
+        delete_topics(settings)
+    report["command"] = ("PYTHONPATH=. .venv/bin/python bench/gateway_bench.py --rates "
+                         + " ".join(f"{r:g}" for r in args.rates) + f" --seconds {args.seconds:g}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gateway_bench.json").write_text(json.dumps(report, indent=2))
+    plot(report, args.out / "gateway_bench.png")
+    print(json.dumps([{k: v for k, v in r.items() if k != "overheads"} for r in report["runs"]], indent=2))
+    return 0
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in report["runs"]:
+        values = run["overheads"]
+        if values:
+            ax.plot(values, np.linspace(0, 1, len(values)), label=f"{run['rate_per_s']:g} requests/s")
+    ax.axvline(10, color="red", linestyle="--", label="target p99: 10 ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("gateway overhead per answered request, ms (end to end minus the pipeline's share)")
+    ax.set_ylabel("share of requests")
+    ax.set_title("HTTP gateway overhead, POST /v1/tickets?wait=60")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
