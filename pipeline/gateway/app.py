@@ -196,11 +196,18 @@ def create_app(settings: Settings) -> FastAPI:
                       registry=registry, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 60)),
             IntakeLimits(settings.max_body_bytes, settings.max_subject_bytes))
         fanout.start()
+
+        async def serve_delivery_reports() -> None:  # the asyncio producer's futures resolve in poll()
+            while True:
+                await producer.poll(0.05)
+
+        reports = asyncio.create_task(serve_delivery_reports())
         await asyncio.get_running_loop().run_in_executor(None, fanout.ready.wait, 30)
         log.info("gateway: serving; fan-out reading %s", sorted(fanout.topics))
         try:
             yield
         finally:
+            reports.cancel()
             fanout.close()
             await producer.flush()
             await producer.close()
@@ -213,7 +220,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
-        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        loc = [str(part) for part in first.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "header", "path"):
+            loc = loc[1:]
         field = ".".join(loc) or None
         message = str(first.get("msg", "invalid"))
         if first.get("type") == "extra_forbidden" and loc == ["tenant_id"]:
