@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import redis
 import redis.asyncio as aioredis
@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pipeline.errors import SchemaError
 from pipeline.events import TicketSubmitted, to_record
 from pipeline.gateway.fanout import RESOLVED, FanOut, Progress
 from pipeline.gateway.keys import KeyLookup
@@ -44,7 +45,7 @@ from pipeline.gateway.status import TicketStatus, resolved_writer
 from pipeline.runtime.context import redis_client
 from pipeline.runtime.worker import make_serde
 from pipeline.settings import Settings
-from processors.intake import IntakeLimits, ticket_problem
+from processors.intake import MAX_METADATA_ENTRIES, IntakeLimits, normalise, ticket_problem
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,15 @@ class TicketIn(BaseModel):
     ticket_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$",
                                   description="your id (default: generated); a ticket id is answered once")
     customer_id: str | None = Field(default=None, max_length=128)
-    subject: str | None = Field(default=None, max_length=1024)
-    body: str = Field(min_length=1, description="the customer's message")
+    subject: str | None = Field(default=None, max_length=256)
+    # at least one character that is neither a space nor a control character: intake's
+    # normalisation leaves nothing of anything else (and would dead-letter it)
+    body: str = Field(min_length=1, max_length=65536, pattern=r"[^\s\x00-\x1f\x7f]",
+                      description="the customer's message; at most TICKETFLOW_MAX_BODY_BYTES bytes of UTF-8 "
+                                  "(64 KiB by default)")
     lane: Literal["interactive", "batch"] = "interactive"
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=MAX_METADATA_ENTRIES, description="string values, at most 32 entries")
 
 
 class Accepted(BaseModel):
@@ -296,8 +302,15 @@ def create_app(settings: Settings) -> FastAPI:
                                 customer_id=ticket.customer_id, subject=ticket.subject, lane=ticket.lane,
                                 channel="api", created_at=now, metadata=dict(ticket.metadata))
         problem = ticket_problem(event, gateway.limits, now)
+        if problem is None and not normalise(ticket.body):
+            problem = "body is empty after normalisation (only spaces or control characters)"
         if problem is not None:
             return error(422, "invalid", problem, problem.split(" ", 1)[0])
+        topic = gateway.settings.topic_prefix + "tickets.ingress"
+        try:
+            value = gateway.serde.encode(TicketSubmitted.SCHEMA, to_record(event), topic)
+        except (SchemaError, UnicodeError) as exc:  # e.g. a lone surrogate: JSON allows it, UTF-8 does not
+            return error(422, "invalid", f"the ticket cannot be encoded: {exc}", None)
         try:
             if idempotency_key:
                 digest = hashlib.sha256(ticket.model_dump_json().encode()).hexdigest()
@@ -308,6 +321,7 @@ def create_app(settings: Settings) -> FastAPI:
                                      "request body", "Idempotency-Key")
                     ticket_id = earlier[0]  # the same request again: the same ticket
                     event = dataclasses.replace(event, ticket_id=ticket_id)
+                    value = gateway.serde.encode(TicketSubmitted.SCHEMA, to_record(event), topic)
             await gateway.status.pending(tenant, ticket_id, now)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             return unavailable("redis", exc)
@@ -315,11 +329,8 @@ def create_app(settings: Settings) -> FastAPI:
         queue = gateway.fanout.listen(key) if wait > 0 else None
         try:
             try:
-                topic = gateway.settings.topic_prefix + "tickets.ingress"
                 producing_ms = time.time() * 1000
-                delivered = await gateway.producer.produce(
-                    topic, value=gateway.serde.encode(TicketSubmitted.SCHEMA, to_record(event), topic),
-                    key=ticket_id.encode())
+                delivered = await gateway.producer.produce(topic, value=value, key=ticket_id.encode())
                 await asyncio.wait_for(delivered, gateway.settings.gateway_produce_timeout_s)
             except (KafkaException, TimeoutError) as exc:
                 return unavailable("kafka", exc)

@@ -145,11 +145,16 @@ def test_without_a_valid_key_it_is_401_and_bad_input_is_a_clear_4xx(stack: Stack
     assert "API key" in tenant.json()["error"]["message"]
     long_body = stack.post({"body": "y" * (stack.settings.max_body_bytes + 1)})  # intake's own limit
     assert long_body.status_code == 422 and long_body.json()["error"]["field"] == "body"
+    blank = stack.post({"body": " \n\t "})  # intake would dead-letter it: never answered (schemathesis found it)
+    assert blank.status_code == 422 and blank.json()["error"]["field"] == "body"
     bad_id = stack.post({"ticket_id": "has space", "body": "hi"})
     assert bad_id.status_code == 422 and bad_id.json()["error"]["field"] == "ticket_id"
     not_json = httpx.post(f"{stack.gateway.url}/v1/tickets", content=b"{not json",
                           headers={"Authorization": f"Bearer {stack.key}", "Content-Type": "application/json"})
     assert not_json.status_code == 422
+    surrogate = httpx.post(f"{stack.gateway.url}/v1/tickets", content=b'{"body": "hi \\ud800"}',
+                           headers={"Authorization": f"Bearer {stack.key}", "Content-Type": "application/json"})
+    assert surrogate.status_code == 422  # valid JSON, not encodable as UTF-8
     assert stack.post(body, params={"wait": 61}).status_code == 422
 
 
@@ -278,28 +283,28 @@ def test_the_gateway_killed_while_requests_wait_loses_no_accepted_ticket(stack: 
 
 # -- property-based: schemathesis over the served OpenAPI document --------------------------
 
-@pytest.fixture
-def api_schema(stack: Stack) -> object:
-    import schemathesis
-
-    return schemathesis.openapi.from_url(f"{stack.gateway.url}/openapi.json")
-
-
-def _spec_test() -> object:
+def test_every_operation_answers_within_its_spec_and_never_with_a_server_error(stack: Stack) -> None:
+    """schemathesis generates requests from the document the gateway serves (valid and
+    invalid bodies, parameters, headers) and runs every check it has on each response: no
+    5xx, status codes, content types, headers and bodies as documented. (Its pytest plugin
+    does not load with this pytest; the operations are driven through Hypothesis directly.)"""
     import hypothesis
     import schemathesis
 
-    schema = schemathesis.pytest.from_fixture("api_schema")
+    schema = schemathesis.openapi.from_url(f"{stack.gateway.url}/openapi.json")
+    tested = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.path.endswith("/events"):  # a stream: covered by its own test above
+            continue
 
-    @schema.exclude(path="/v1/tickets/{ticket_id}/events").parametrize()
-    @hypothesis.settings(max_examples=60, deadline=None, derandomize=True,
-                         suppress_health_check=list(hypothesis.HealthCheck))
-    def test_every_operation_answers_within_its_spec_and_never_with_a_server_error(case: object,
-                                                                                   stack: Stack) -> None:
-        # every check schemathesis has: no 5xx, status codes, content types and bodies as documented
-        case.call_and_validate(headers={"Authorization": f"Bearer {stack.key}"})  # type: ignore[attr-defined]
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        def check(case: object) -> None:
+            case.call_and_validate(headers={"Authorization": f"Bearer {stack.key}"},  # type: ignore[attr-defined]
+                                   timeout=75)  # ?wait= may hold a request up to 60 s
 
-    return test_every_operation_answers_within_its_spec_and_never_with_a_server_error
-
-
-test_every_operation_answers_within_its_spec_and_never_with_a_server_error = _spec_test()
+        check()
+        tested.append(f"{operation.method.upper()} {operation.path}")
+    assert {"POST /v1/tickets", "GET /v1/tickets/{ticket_id}", "GET /healthz"} <= set(tested), tested
