@@ -95,7 +95,7 @@ def one_round(settings: Settings, number: int, tickets: int, rate: float, timeou
             "group": estimate(path_plan.agent, runs, pricing, same, group_of=keys).estimated_micros,
             "route": estimate([dataclass_route(t) for t in path_plan.agent], runs, pricing, same).estimated_micros,
         }
-        shipped = replays.price(settings, path_plan, usage)  # what `ticketflow replay --dry-run` prints
+        shipped = replays.price(settings, path_plan, usage, keys)  # what `ticketflow replay --dry-run` prints
         say(f"round {number}: {len(path_plan.agent)} agent tickets of {len(selection.tickets)}; replaying")
         env = {**os.environ, "TICKETFLOW_TOPIC_PREFIX": settings.topic_prefix}
         done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "replay", "--since", iso(start - 1),
@@ -122,6 +122,7 @@ def one_round(settings: Settings, number: int, tickets: int, rate: float, timeou
         "actual_micros": actual, "estimates_micros": estimates, "shipped_micros": shipped.estimated_micros,
         "shipped_band_micros": [shipped.low_micros, shipped.p95_micros],
         "errors": {k: round(v / actual - 1, 4) if actual else None for k, v in estimates.items()},
+        "band_covers_actual": shipped.low_micros <= actual <= shipped.p95_micros,
         "agent_tickets_original_micros": own_original, "agent_tickets_replay_micros": replayed_agent,
         "resolved": report.get("resolved"), "duplicates": report.get("duplicates"),
     }
@@ -175,6 +176,7 @@ def main() -> int:
               for name in rounds[0]["errors"]}
     summary = {name: {"mean": round(float(np.mean(v)), 4), "worst": round(float(max(v, key=abs)), 4),
                       "within_20_pct": sum(abs(x) <= 0.2 for x in v)} for name, v in errors.items() if v}
+    summary["band_covers_actual"] = sum(1 for r in rounds if r["band_covers_actual"])  # type: ignore[assignment]
     report = {"rounds": rounds, "summary": summary, "tickets_per_round": args.tickets, "rate_per_s": args.rate}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "replay_estimate_bench.json").write_text(json.dumps(report, indent=2))

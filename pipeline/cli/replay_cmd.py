@@ -128,7 +128,7 @@ def _estimate(client: TicketflowClient, settings: Settings, selection: replays.S
     with tqdm(desc="dry run (intake, cache, router)", unit="ticket", total=len(selection.tickets),
               file=sys.stderr, disable=quiet) as bar:
         path_plan = plan(client, selection.tickets, "dry-run", progress=bar.update)
-    priced = replays.price(settings, path_plan, replays.usage_history(client))
+    priced = replays.price(settings, path_plan, replays.usage_history(client), selection.answer_keys)
     return {"estimate": replays.dry_run_report(settings, selection, path_plan, priced, rate),
             "estimated_cost_usd": priced.as_json()["estimated_cost_usd"]}
 

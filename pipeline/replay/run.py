@@ -76,6 +76,9 @@ class Selection:
     window: windows.Window
     tickets: list[TicketSubmitted]
     originals: dict[str, TicketResolved] = field(default_factory=dict)
+    #: the resolution key (else the path) of every answered ticket on tickets.responses: the
+    #: groups the estimate pools runs by
+    answer_keys: dict[str, str] = field(default_factory=dict)
 
 
 def originals(client: TicketflowClient, ids: set[str] | None = None) -> dict[str, TicketResolved]:
@@ -94,12 +97,15 @@ def select(client: TicketflowClient, manifest: Manifest,
     else:
         window = windows.from_file(Path(manifest.source), manifest.tenant)
     tickets = _unique(window.tickets)
-    answers = originals(client, {t.ticket_id for t in tickets}) if manifest.source == "tickets.ingress" else {}
+    everything = originals(client)  # one read of tickets.responses serves the window and the estimate
+    ids = {t.ticket_id for t in tickets}
+    answers = {i: a for i, a in everything.items() if i in ids} if manifest.source == "tickets.ingress" else {}
+    keys = {i: a.resolution_key or a.path for i, a in everything.items()}
     if manifest.path is not None:
         kept = [t for t in tickets if t.ticket_id in answers and answers[t.ticket_id].path == manifest.path]
         window.skipped["other_path"] = len(tickets) - len(kept)
         tickets = kept
-    return Selection(window, tickets, answers)
+    return Selection(window, tickets, answers, keys)
 
 
 def _unique(tickets: Iterable[TicketSubmitted]) -> list[TicketSubmitted]:
@@ -118,8 +124,10 @@ def usage_history(client: TicketflowClient, days: int = HISTORY_DAYS) -> list[Us
     return [r for r in client.events("llm.usage", UsageRecord, timeout_s=60) if r.occurred_at >= since]
 
 
-def price(settings: Settings, path_plan: PathPlan, history: list[UsageRecord]) -> Estimate:
-    """The agent share of a replay priced from history with today's prices and batch models."""
+def price(settings: Settings, path_plan: PathPlan, history: list[UsageRecord],
+          groups: dict[str, str] | None = None) -> Estimate:
+    """The agent share of a replay priced from history with today's prices and batch models
+    (``groups``: ticket id -> its original answer's resolution key, see :func:`estimate`)."""
     from pipeline.agent.factory import tiers
 
     pricing = PricingTable.load(settings.pricing_file)
@@ -128,7 +136,7 @@ def price(settings: Settings, path_plan: PathPlan, history: list[UsageRecord]) -
     def model_of(tier: str, recorded: str) -> str:
         return batch_models.get(tier, recorded)
 
-    return estimate(path_plan.agent, runs_from_usage(history), pricing, model_of)
+    return estimate(path_plan.agent, runs_from_usage(history), pricing, model_of, group_of=groups)
 
 
 def dry_run_report(settings: Settings, selection: Selection, path_plan: PathPlan, priced: Estimate,
