@@ -93,7 +93,7 @@ def one_round(settings: Settings, number: int, tickets: int, rate: float, timeou
         estimates = {
             "own": estimate(path_plan.agent, runs, pricing, same).estimated_micros,
             "group": estimate(path_plan.agent, runs, pricing, same, group_of=keys).estimated_micros,
-            "route": estimate([dataclass_route(t) for t in path_plan.agent], runs, pricing, same).estimated_micros,
+            "route": estimate([as_stranger(t) for t in path_plan.agent], runs, pricing, same).estimated_micros,
         }
         shipped = replays.price(settings, path_plan, usage, keys)  # what `ticketflow replay --dry-run` prints
         say(f"round {number}: {len(path_plan.agent)} agent tickets of {len(selection.tickets)}; replaying")
@@ -128,7 +128,7 @@ def one_round(settings: Settings, number: int, tickets: int, rate: float, timeou
     }
 
 
-def dataclass_route(ticket: Any) -> Any:
+def as_stranger(ticket: Any) -> Any:
     """The ticket as a stranger to history: priced at its route's mean."""
     import dataclasses
 

@@ -94,3 +94,19 @@ def test_the_outcome_names_changes_duplicates_and_what_the_budget_stopped() -> N
     assert report["changed"]["key_changed"] == 1  # c: refund -> none; a only changed its path
     assert report["not_replayed"] == {"count": 2, "over_budget": 1, "unanswered": 1, "examples": ["c", "d"]}
     assert report["cost_usd"] == 0.0003 and report["spent_usd"] == 0.0003
+
+
+def test_an_expectation_resting_on_one_run_gets_a_wider_band_than_one_resting_on_many() -> None:
+    pricing = PricingTable.load(None)
+    records = []
+    for i in range(30):  # 30 tickets of one intent: a third escalated to the strong tier
+        records.append(usage(f"t{i}", 0, "cheap", "gpt-4.1-nano", 1000, 100))
+        if i % 3 == 0:
+            records.append(usage(f"t{i}", 0, "strong", "gpt-4.1", 1000, 100, rid=f"t{i}:0:strong"))
+    runs = runs_from_usage(records)
+    tickets = [AgentTicket(f"t{i}", "fallback_agent", 30_000) for i in range(30)]
+    alone = estimate(tickets, runs, pricing, lambda tier, recorded: recorded)
+    pooled = estimate(tickets, runs, pricing, lambda tier, recorded: recorded,
+                      group_of={f"t{i}": "card_arrival" for i in range(30)})
+    assert alone.estimated_micros == pooled.estimated_micros  # the same sum: one draw each, or their mean
+    assert alone.p95_micros - alone.low_micros > pooled.p95_micros - pooled.low_micros
