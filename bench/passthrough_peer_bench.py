@@ -131,7 +131,7 @@ def main() -> int:
     if args.serve_ticketflow:
         return serve_ticketflow(args.serve_ticketflow)
 
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     from pipeline import services
     from pipeline.admin import apply_topics, delete_topics
