@@ -16,6 +16,14 @@ import yaml
 HERE = Path(__file__).resolve().parent
 
 
+def buckets(name: str, labels: str, low: str, high: str, slow: bool) -> list[dict[str, str]]:
+    """A histogram's buckets with 10 observations a minute, all above ``low`` and at most
+    ``high`` (slow) or all at most ``low`` (fast)."""
+    return [{"series": f'{name}_bucket{{{labels}le="{low}"}}', "values": "0x30" if slow else "0+10x30"},
+            {"series": f'{name}_bucket{{{labels}le="{high}"}}', "values": "0+10x30"},
+            {"series": f'{name}_bucket{{{labels}le="+Inf"}}', "values": "0+10x30"}]
+
+
 # alert -> (firing series, quiet series, eval time, labels of the firing alert, $value)
 CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]], str, dict[str, str], Any]] = {
     "TicketflowDeadLettersRising": (
@@ -29,12 +37,8 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]], str, dict[str
         [{"series": 'ticketflow_retries_total{processor="agent"}', "values": "0+30x30"}],
         "20m", {"processor": "agent"}, None),
     "TicketflowSlowCommits": (
-        [{"series": 'ticketflow_transaction_seconds_bucket{processor="agent",le="0.5"}', "values": "0x30"},
-         {"series": 'ticketflow_transaction_seconds_bucket{processor="agent",le="2"}', "values": "0+10x30"},
-         {"series": 'ticketflow_transaction_seconds_bucket{processor="agent",le="+Inf"}', "values": "0+10x30"}],
-        [{"series": 'ticketflow_transaction_seconds_bucket{processor="agent",le="0.5"}', "values": "0+10x30"},
-         {"series": 'ticketflow_transaction_seconds_bucket{processor="agent",le="2"}', "values": "0+10x30"},
-         {"series": 'ticketflow_transaction_seconds_bucket{processor="agent",le="+Inf"}', "values": "0+10x30"}],
+        buckets("ticketflow_transaction_seconds", 'processor="agent",', "0.5", "2", slow=True),
+        buckets("ticketflow_transaction_seconds", 'processor="agent",', "0.5", "2", slow=False),
         "20m", {"processor": "agent"}, None),
     "TicketflowWorkerDown": (
         [{"series": 'up{job="ticketflow-workers",instance="worker-1:9100"}', "values": "0x10"}],
@@ -51,12 +55,8 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]], str, dict[str
           "values": "30x5"}],
         "3m", {"dependency": "redis", "processor": "agent"}, None),
     "TicketflowCacheLookupSlow": (
-        [{"series": 'ticketflow_cache_lookup_seconds_bucket{le="0.001"}', "values": "0x30"},
-         {"series": 'ticketflow_cache_lookup_seconds_bucket{le="0.01"}', "values": "0+10x30"},
-         {"series": 'ticketflow_cache_lookup_seconds_bucket{le="+Inf"}', "values": "0+10x30"}],
-        [{"series": 'ticketflow_cache_lookup_seconds_bucket{le="0.001"}', "values": "0+10x30"},
-         {"series": 'ticketflow_cache_lookup_seconds_bucket{le="0.01"}', "values": "0+10x30"},
-         {"series": 'ticketflow_cache_lookup_seconds_bucket{le="+Inf"}', "values": "0+10x30"}],
+        buckets("ticketflow_cache_lookup_seconds", '', "0.001", "0.01", slow=True),
+        buckets("ticketflow_cache_lookup_seconds", '', "0.001", "0.01", slow=False),
         "20m", {}, None),
     "TicketflowCacheHitRateDropped": (  # 10-minute steps over 27 h: 0.8 yesterday, 0.2 now
         [{"series": 'ticketflow_cache_lookups_total{tenant="acme",result="hit"}',
@@ -81,12 +81,8 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]], str, dict[str
         [{"series": 'ticketflow_tool_breaker_state{tool="card_status"}', "values": "1x10"}],
         "5m", {"tool": "card_status"}, None),
     "TicketflowRouterDecisionSlow": (
-        [{"series": 'ticketflow_router_decision_seconds_bucket{le="0.001"}', "values": "0x30"},
-         {"series": 'ticketflow_router_decision_seconds_bucket{le="0.01"}', "values": "0+10x30"},
-         {"series": 'ticketflow_router_decision_seconds_bucket{le="+Inf"}', "values": "0+10x30"}],
-        [{"series": 'ticketflow_router_decision_seconds_bucket{le="0.001"}', "values": "0+10x30"},
-         {"series": 'ticketflow_router_decision_seconds_bucket{le="0.01"}', "values": "0+10x30"},
-         {"series": 'ticketflow_router_decision_seconds_bucket{le="+Inf"}', "values": "0+10x30"}],
+        buckets("ticketflow_router_decision_seconds", '', "0.001", "0.01", slow=True),
+        buckets("ticketflow_router_decision_seconds", '', "0.001", "0.01", slow=False),
         "20m", {}, None),
     "TicketflowDeflectionDropped": (
         [{"series": 'ticketflow_router_decisions_total{action="template"}', "values": "0+10x150"},
@@ -112,14 +108,8 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]], str, dict[str
         [{"series": 'ticketflow_agent_escalations_total{reason="budget"}', "values": "0+6x40"}],
         "35m", {"reason": "budget"}, None),
     "TicketflowInteractiveStepsWaiting": (
-        [{"series": 'ticketflow_agent_step_wait_seconds_bucket{lane="interactive",le="0.5"}', "values": "0x30"},
-         {"series": 'ticketflow_agent_step_wait_seconds_bucket{lane="interactive",le="2"}', "values": "0+10x30"},
-         {"series": 'ticketflow_agent_step_wait_seconds_bucket{lane="interactive",le="+Inf"}',
-          "values": "0+10x30"}],
-        [{"series": 'ticketflow_agent_step_wait_seconds_bucket{lane="interactive",le="0.5"}', "values": "0+10x30"},
-         {"series": 'ticketflow_agent_step_wait_seconds_bucket{lane="interactive",le="2"}', "values": "0+10x30"},
-         {"series": 'ticketflow_agent_step_wait_seconds_bucket{lane="interactive",le="+Inf"}',
-          "values": "0+10x30"}],
+        buckets("ticketflow_agent_step_wait_seconds", 'lane="interactive",', "0.5", "2", slow=True),
+        buckets("ticketflow_agent_step_wait_seconds", 'lane="interactive",', "0.5", "2", slow=False),
         "20m", {}, None),
 }
 
