@@ -469,8 +469,3 @@ async def _resolution(gateway: Gateway, key: tuple[str, str], queue: asyncio.Que
 def unavailable(dependency: str, exc: BaseException) -> JSONResponse:
     log.warning("gateway: %s unavailable: %s", dependency, exc)
     return error(503, "unavailable", f"{dependency} is unreachable; try again", None, {"Retry-After": "1"})
-
-
-def openapi_document(settings: Settings) -> dict[str, Any]:
-    document: dict[str, Any] = create_app(settings).openapi()
-    return document
