@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Per-record handling is sub-millisecond to tens of ms; transactions add a broker round trip.
@@ -9,6 +11,8 @@ _HANDLE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 _TXN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Batches range from 1 record (idle stream) to max_batch (500 by default).
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
+#: Why a batch was rewound (``ticketflow_retries_total{reason}``).
+RETRY_REASONS = ("dependency_down", "retryable_failure", "transaction_aborted")
 
 
 class RuntimeMetrics:
@@ -46,3 +50,11 @@ class RuntimeMetrics:
             "How long a processor has been paused waiting for a dependency (0 when it is not)",
             ["processor", "dependency"], registry=registry,
         )
+
+    def start(self, processor: str, dependencies: Iterable[str]) -> None:
+        """Export a processor's retry counters and stall gauges at 0 from its start, so that a
+        dashboard shows a flat line (not "no data") and ``rate()`` sees the first increment."""
+        for reason in RETRY_REASONS:
+            self.retries.labels(processor, reason)
+        for dependency in dependencies:
+            self.stalled_seconds.labels(processor, dependency).set(0)

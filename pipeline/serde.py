@@ -16,6 +16,7 @@ the reference ``avro`` package, which we keep for its schema-compatibility check
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import struct
@@ -171,6 +172,11 @@ class AvroSerde:
             + (" and not a JSON object" if allow_json else "")
         )
 
+    @staticmethod
+    def to_json(record: dict[str, Any]) -> bytes:
+        """A record as one line of UTF-8 JSON (``from_json`` reads it back)."""
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode()
+
     def from_json(self, name: str, data: bytes) -> dict[str, Any]:
         """Parse a JSON object and validate it against the latest schema, filling defaults."""
         try:
@@ -271,3 +277,9 @@ def unpack(data: bytes, event_type: type[E]) -> E:
     record = _NESTED.decode(event_type.SCHEMA, data)
     event: E = event_type.from_record(record)
     return event
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

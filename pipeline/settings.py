@@ -180,6 +180,8 @@ class Settings(BaseSettings):
     agent_batch_models: dict[str, str] = Field(
         default_factory=dict, description="TICKETFLOW_AGENT_BATCH_MODELS: JSON {tier: model} for the batch lane "
         "(cheapest first; e.g. cheaper models for backfills); empty: the interactive lane's tiers")
+    json_egress: bool = Field(default=False, description="TICKETFLOW_JSON_EGRESS: workers also write every answer "
+                              "as JSON to tickets.responses.json (for kcat, jq)")
     gateway_rate_per_s: float = Field(default=200.0, gt=0, description="TICKETFLOW_GATEWAY_RATE_PER_S: requests "
                                       "a second per tenant, over every gateway process (429 beyond)")
     gateway_rate_burst: int = Field(default=400, ge=1, description="TICKETFLOW_GATEWAY_RATE_BURST")

@@ -73,7 +73,7 @@ class AgentProcessor:
         now = self.clock.now_ms()
         queued = max(step.stage_times.values(), default=run.started_ms or now)  # when this step was queued
         if self.metrics is not None:
-            self.metrics.observe(step.tenant_id, step.workflow, run.calls, run.tier, run.escalation)
+            self.metrics.observe(step.tenant_id, usage_workflow(step), run.calls, run.tier, run.escalation)
             self.metrics.waited(self.lane, max(0, (run.started_ms or now) - queued) / 1000)
         outputs = [Output("llm.usage", step.tenant_id, record) for record in usage_records(step, run.calls, now)]
         served = [c for c in run.calls if c.response is not None]

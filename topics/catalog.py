@@ -28,6 +28,7 @@ class TopicSpec:
     max_message_bytes: int | None = None
     dlq: str | None = "tickets.dlq"
     extra: dict[str, str] = field(default_factory=dict)
+    value_format: str = "avro"  # "json": UTF-8 JSON objects (the schema's fields), for kcat and jq
 
     def configs(self) -> dict[str, str]:
         conf = {
@@ -52,6 +53,10 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec("llm.usage", "tenant_id", "UsageRecord", "all -> accounting", retention_ms=30 * DAY_MS),
     TopicSpec("tickets.responses", "ticket_id", "TicketResolved", "any stage -> users, cache writer",
               retention_ms=30 * DAY_MS),
+    # The same answers as JSON, for users without Avro tooling (kcat, jq, a log shipper):
+    # written by the opt-in `egress-json` processor (TICKETFLOW_JSON_EGRESS=true).
+    TopicSpec("tickets.responses.json", "ticket_id", "TicketResolved", "egress-json -> users (JSON)",
+              retention_ms=30 * DAY_MS, value_format="json"),
     # Answers of replayed tickets and of the cache audit: never the customers' egress.
     TopicSpec("tickets.replay.responses", "ticket_id", "TicketResolved",
               "any stage -> replay reports, cache audit", retention_ms=30 * DAY_MS),

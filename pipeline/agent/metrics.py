@@ -34,6 +34,20 @@ class AgentMetrics:
     def waited(self, lane: str, seconds: float) -> None:
         self.wait.labels(lane).observe(seconds)
 
+    def paid(self, tenant: str, workflow: str, call: CallRecord) -> None:
+        """A reply paid for, counted the moment it is paid (not when its step finishes: a step
+        whose partition moved away is finished elsewhere, reusing the reply, which is not paid
+        again), so the spend here sums to the accounting records on ``llm.usage``."""
+        response = call.response
+        if response is None:
+            return
+        self.tokens.labels(call.model, "in").inc(response.tokens_in)
+        self.tokens.labels(call.model, "out").inc(response.tokens_out)
+        self.tokens.labels(call.model, "cached").inc(response.tokens_cached)
+        self.cost.labels(tenant, workflow, call.model).inc(call.cost_micros)
+        self.ttft.labels(call.model).observe(response.ttft_ms / 1000)
+        self.latency.labels(call.model).observe(response.latency_ms / 1000)
+
     def observe(self, tenant: str, workflow: str, calls: list[CallRecord], tier: str, escalation: str) -> None:
         for call in calls:
             for error in call.failures:
@@ -42,14 +56,6 @@ class AgentMetrics:
             if response is None:
                 continue
             self.calls.labels(call.provider, call.model, "reused" if call.reused else "ok").inc()
-            if call.reused:
-                continue
-            self.tokens.labels(call.model, "in").inc(response.tokens_in)
-            self.tokens.labels(call.model, "out").inc(response.tokens_out)
-            self.tokens.labels(call.model, "cached").inc(response.tokens_cached)
-            self.cost.labels(tenant, workflow, call.model).inc(call.cost_micros)
-            self.ttft.labels(call.model).observe(response.ttft_ms / 1000)
-            self.latency.labels(call.model).observe(response.latency_ms / 1000)
         if escalation:
             self.escalations.labels(escalation.split(":")[0]).inc()
         elif tier:

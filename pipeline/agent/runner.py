@@ -129,6 +129,9 @@ class StepRunner:
         # re-run by at most one call timeout.
         self.lease_s = self.limits.call_timeout_s + 5
         self.ledger = CallLedger(store, budgets, sleep)
+        #: told of every reply this runner paid for, as it is paid (the metrics' spend): a
+        #: step that does not finish here (its partition moved, the worker stopped) was still paid
+        self.on_paid: Callable[[AgentStep, CallRecord], None] | None = None
 
     def breaker(self, model: str) -> CircuitBreaker:
         key = f"{self.provider.name}:{model}"
@@ -276,6 +279,8 @@ class StepRunner:
         record.cost_micros = self._cost(response)
         self.breaker(model).record_success()
         record.outcome = "ok"
+        if self.on_paid is not None:
+            self.on_paid(step, record)
         return record
 
     async def recovered(self, request_id: str) -> LLMResponse | None:

@@ -70,6 +70,7 @@ class Engine:
         self.stop = stop
         self.policy = FailurePolicy(health or DependencyHealth({}, metrics), settings.max_retries,
                                     settings.retry_backoff_ms / 1000, settings.dependency_probe_max_s)
+        metrics.start(binding.name, self.policy.health.probes)
         self.topics = [topic_name(settings.topic_prefix, t) for t in binding.inputs]
         self.max_in_flight = binding.max_in_flight if binding.concurrent else settings.max_batch
         self.pending: dict[tuple[str, int], deque[_Entry]] = {}

@@ -213,13 +213,14 @@ def _agent(ctx: WorkerContext) -> list[Binding]:
     from pipeline.agent.aio import LaneGate, LoopThread
     from pipeline.agent.factory import build_runner
     from pipeline.agent.metrics import AgentMetrics
-    from processors.agent import AgentProcessor, AgentToolResults
+    from processors.agent import AgentProcessor, AgentToolResults, usage_workflow
 
     settings = ctx.settings
     runner = build_runner(settings, ctx.redis(), _tools(ctx), _rulebook(ctx).intents())
     loop = ctx.shared("llm_loop", LoopThread)
     gate = LaneGate(settings.agent_interactive_concurrency, settings.agent_batch_concurrency)
     metrics = AgentMetrics(ctx.registry)
+    runner.on_paid = lambda step, call: metrics.paid(step.tenant_id, usage_workflow(step), call)
     bindings = []
     for lane in ("interactive", "batch"):
         processor = AgentProcessor(lane, runner, loop, gate, SystemClock(), _tools(ctx), _rulebook(ctx), metrics)
@@ -232,6 +233,14 @@ def _agent(ctx: WorkerContext) -> list[Binding]:
     bindings.append(Binding(results.name, ("tools.results",), "ToolResult", ToolResult.from_record,
                             handle_batch=per_record(results.name, results.handle)))
     return bindings
+
+
+def _egress_json(ctx: WorkerContext) -> list[Binding]:
+    from processors.egress_json import JsonEgress
+
+    egress = JsonEgress()
+    return [Binding(egress.name, ("tickets.responses",), "TicketResolved", TicketResolved.from_record,
+                    handle_batch=per_record(egress.name, egress.handle))]
 
 
 def _accounting(ctx: WorkerContext) -> list[Binding]:
@@ -259,11 +268,14 @@ PROCESSORS: dict[str, Callable[[WorkerContext], list[Binding]]] = {
     "tools": _tool_processor,
     "agent": _agent,
     "accounting": _accounting,
+    "egress-json": _egress_json,
 }
+#: Processors a worker runs only when named, or switched on by a setting.
+OPT_IN = {"egress-json": "json_egress"}
 
 
 def bindings(ctx: WorkerContext, names: list[str] | None = None) -> list[Binding]:
-    chosen = names or list(PROCESSORS)
+    chosen = names or [n for n in PROCESSORS if n not in OPT_IN or getattr(ctx.settings, OPT_IN[n])]
     unknown = [n for n in chosen if n not in PROCESSORS]
     if unknown:
         raise ConfigurationError(

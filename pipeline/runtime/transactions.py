@@ -24,7 +24,7 @@ from pipeline.metrics import RuntimeMetrics
 from pipeline.processing import Emit, Failure, Output
 from pipeline.serde import AvroSerde
 from pipeline.settings import Settings
-from topics.catalog import DLQ_MAX_BYTES, topic_name
+from topics.catalog import DLQ_MAX_BYTES, spec, topic_name
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,13 @@ class Transactions:
         if outcome.note:
             log.info("%s: %s at %s/%d/%d: nothing emitted", self.name, outcome.note, *position(message))
         for output in outcome.outputs:
-            topic = topic_name(self.settings.topic_prefix, egress_topic(output))
+            name = egress_topic(output)
+            topic = topic_name(self.settings.topic_prefix, name)
             try:
-                value = self.serde.encode(type(output.event).SCHEMA, to_record(output.event), topic)
+                if spec(name).value_format == "json":
+                    value = self.serde.to_json(to_record(output.event))
+                else:
+                    value = self.serde.encode(type(output.event).SCHEMA, to_record(output.event), topic)
             except TicketflowError as exc:
                 self.dead_letter(message, Failure(type(exc).__name__, f"cannot encode output: {exc}"), attempt)
                 return
