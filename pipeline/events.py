@@ -359,6 +359,10 @@ class CostSummary:
     cost_micros: int = 0
     budget_micros: int | None = None
     by_model_micros: dict[str, int] = field(default_factory=dict)
+    path: str | None = None  # v2, scope ticket: what answered it, how fast, in which replay
+    end_to_end_ms: float | None = None
+    ttft_ms: float | None = None
+    replay_tag: str | None = None
 
     SCHEMA = "CostSummary"
 

@@ -17,9 +17,12 @@ from pipeline.errors import ServiceError
 
 
 class TopicReader:
-    """All partitions of ``topic`` from offset 0; ``isolation`` is read_committed by default."""
+    """All partitions of ``topic`` from offset 0 (or from the first record at or after
+    ``since_ms``, found per partition with ``offsets_for_times``); ``isolation`` is
+    read_committed by default."""
 
-    def __init__(self, conf: dict[str, Any], topic: str, isolation: str = "read_committed") -> None:
+    def __init__(self, conf: dict[str, Any], topic: str, isolation: str = "read_committed",
+                 since_ms: int | None = None) -> None:
         self.consumer = Consumer({
             **conf,
             "group.id": f"ticketflow-reader-{uuid.uuid4()}",  # never commits: any id will do
@@ -38,7 +41,11 @@ class TopicReader:
             raise ServiceError(f"topic {topic} does not exist; run `ticketflow topics apply`")
         self.partitions = len(partitions)
         self._at_end: set[int] = set()
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        starts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+        if since_ms is not None:  # -1 (nothing at or after since_ms) is OFFSET_END: an empty read
+            starts = self.consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in partitions],
+                                                     timeout=10)
+        self.consumer.assign(starts)
 
     @property
     def at_end(self) -> bool:
@@ -69,8 +76,9 @@ class TopicReader:
         self.close()
 
 
-def read_to_end(conf: dict[str, Any], topic: str, isolation: str = "read_committed") -> Iterator[Message]:
-    """Every record of ``topic`` as a reader with ``isolation`` sees it, then stop."""
-    with TopicReader(conf, topic, isolation) as reader:
+def read_to_end(conf: dict[str, Any], topic: str, isolation: str = "read_committed",
+                since_ms: int | None = None) -> Iterator[Message]:
+    """Every record of ``topic`` (since ``since_ms``) as a reader with ``isolation`` sees it, then stop."""
+    with TopicReader(conf, topic, isolation, since_ms) as reader:
         while not reader.at_end:
             yield from reader.poll(timeout_s=1.0)

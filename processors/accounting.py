@@ -26,7 +26,8 @@ class TicketCosts:
             scope="ticket", scope_key=resolved.ticket_id, tenant_id=resolved.tenant_id,
             window_start=resolved.created_at, window_end=resolved.resolved_at, tickets=1,
             llm_calls=len(resolved.models), tokens_in=resolved.tokens_in, tokens_out=resolved.tokens_out,
-            tokens_cached=resolved.tokens_cached, cost_micros=resolved.cost_micros)
+            tokens_cached=resolved.tokens_cached, cost_micros=resolved.cost_micros, path=resolved.path,
+            end_to_end_ms=resolved.end_to_end_ms, ttft_ms=resolved.ttft_ms, replay_tag=resolved.replay_tag)
         return Emit((Output("pipeline.metrics", resolved.tenant_id, summary),))
 
 

@@ -16,6 +16,7 @@ from pipeline.cli import (
     demo_cmd,
     dlq_cmd,
     replay_cmd,
+    report_cmd,
     results_cmd,
     route_cmd,
     serve_cmd,
@@ -30,7 +31,7 @@ from pipeline.settings import Settings, load_settings
 
 Runner = Callable[[argparse.Namespace, Settings], int]
 MODULES = (services_cmd, topics_cmd, worker_cmd, submit_cmd, results_cmd, replay_cmd, dlq_cmd, cache_cmd, route_cmd,
-           tools_cmd, serve_cmd, demo_cmd)
+           tools_cmd, serve_cmd, report_cmd, demo_cmd)
 
 EPILOG = """environment (defaults in brackets):
   TICKETFLOW_KAFKA_BOOTSTRAP_SERVERS  existing Kafka cluster [local broker on 127.0.0.1:9092]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.settings import Settings
@@ -16,7 +19,8 @@ REQUIRED = {"submitted", "resolved", "lost", "duplicates", "dead_letters", "by_p
             "naive_latency_ms", "replay_command"}
 
 
-def test_demo_json_report(settings: Settings) -> None:
+def test_demo_json_report(settings: Settings, tmp_path: Path) -> None:
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     result = ticketflow(settings, "demo", "--json", "--tickets", "200", "--malformed", "5", "--workers", "2",
                         timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -44,3 +48,23 @@ def test_demo_json_report(settings: Settings) -> None:
     assert report["llm_calls"] == report["billed_calls"] > 0  # nothing billed twice, nothing unaccounted
     assert 0 < report["cost_usd"] < report["naive_cost_usd"]
     assert "resolved" in result.stderr  # progress went to stderr, the JSON alone to stdout
+
+    # `ticketflow report` over the demo's window reads the same money from pipeline.metrics
+    # and llm.usage: the tickets' cost to the micro-dollar, every path, every call.
+    plot, table = tmp_path / "report.png", tmp_path / "report.parquet"
+    done = ticketflow(settings, "report", "--since", started, "--tenant", "demo", "--json", "--plot", str(plot),
+                      "--format", "parquet", "--out", str(table), timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    books = json.loads(done.stdout)
+    assert books["cost_usd"] == report["cost_usd"]
+    assert books["tickets"] == 200 and {p: v["tickets"] for p, v in books["by_path"].items()} == paths
+    calls = books["cost_by"]["model"]
+    assert sum(m["calls"] for m in calls.values()) == report["llm_calls"] == books["llm_calls"]
+    assert books["llm_spend_usd"] == pytest.approx(books["cost_usd"] + books["audit_cost_usd"], abs=2e-6)
+    assert set(books["cost_by"]["tenant"]) == {"demo"} and books["deflection_rate"] >= 0.4
+    assert 0 < books["latency_ms"]["p50"] <= books["latency_ms"]["p99"] and books["ttft_ms"]
+    assert books["budget"]["demo"]["daily_budget_usd"] > 0
+    assert plot.stat().st_size > 10_000
+    rows = pq.read_table(table).to_pylist()
+    assert {r["dimension"] for r in rows} == {"tenant", "workflow", "step", "model", "path"}
+    assert sum(r["cost_usd"] for r in rows if r["dimension"] == "path") == pytest.approx(report["cost_usd"], abs=1e-6)
