@@ -22,6 +22,7 @@ import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
+from pipeline.llm.tokens import count_tokens
 from pipeline.llm.types import (
     ChatMessage,
     LLMRequest,
@@ -56,6 +57,17 @@ def chat_body(request: LLMRequest) -> dict[str, Any]:
         body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                            "parameters": t.parameters}} for t in request.tools]
     return body
+
+
+def estimated_tokens(request: LLMRequest, reply: str, calls: tuple[RequestedToolCall, ...]) -> tuple[int, int]:
+    """Input and output tokens of a call whose server reported none, by the bundled tokenizer
+    (an estimate: the server's own tokenizer may count a few tens of percent differently),
+    with the chat format's few tokens per message and the tool schemas the model was shown."""
+    tokens_in = sum(count_tokens(m.content or "") + 4 for m in request.messages) + 3
+    tokens_in += sum(count_tokens(json.dumps({"name": t.name, "description": t.description,
+                                              "parameters": t.parameters})) for t in request.tools)
+    tokens_out = count_tokens(reply) + sum(count_tokens(c.name) + count_tokens(c.arguments) + 4 for c in calls)
+    return tokens_in, max(1, tokens_out)
 
 
 REQUEST_ID = "ticketflow_request_id"  # the metadata key a stored completion is found by
@@ -114,11 +126,19 @@ class OpenAIProvider:
         details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None
         if details is not None:
             cached = getattr(details, "cached_tokens", 0) or 0
+        tool_calls = tuple(RequestedToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items()))
+        reply = "".join(text)
+        extra: dict[str, Any] = {}
+        if usage is None:  # a server that sends no usage chunk (llama.cpp's, some proxies): counted here
+            tokens_in, tokens_out = estimated_tokens(request, reply, tool_calls)
+            extra["usage"] = "estimated"
+        else:
+            tokens_in = getattr(usage, "prompt_tokens", 0) or 0
+            tokens_out = getattr(usage, "completion_tokens", 0) or 0
         response = LLMResponse(
-            model=model, provider=self.name, text="".join(text),
-            tool_calls=tuple(RequestedToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())),
-            tokens_in=getattr(usage, "prompt_tokens", 0) or 0, tokens_out=getattr(usage, "completion_tokens", 0) or 0,
-            tokens_cached=cached, ttft_ms=round(ttft if ttft is not None else latency, 2), latency_ms=round(latency, 2))
+            model=model, provider=self.name, text=reply, tool_calls=tool_calls, tokens_in=tokens_in,
+            tokens_out=tokens_out, tokens_cached=cached, ttft_ms=round(ttft if ttft is not None else latency, 2),
+            latency_ms=round(latency, 2), extra=extra)
         for call in response.tool_calls:
             try:
                 json.loads(call.arguments or "{}")

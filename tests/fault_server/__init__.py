@@ -1,7 +1,8 @@
 """A local HTTP server speaking OpenAI's chat-completions protocol (streaming SSE, usage with
 cached tokens, tool calls), with faults chosen by the model name:
 
-- ``ok-*``: streams a JSON answer in several chunks, then the usage chunk;
+- ``ok-*``: streams a JSON answer in several chunks, then the usage chunk; ``nousage-*``: the
+  same without a usage chunk (as llama.cpp's server and some proxies do);
 - ``tools-*``: streams a tool call whose arguments arrive in pieces;
 - ``ratelimit-*``: 429 with ``Retry-After: 2``; ``down-*``: 503; ``slow-*``: answers after 5 s;
 - ``malformed-*``: a tool call whose arguments are not JSON;
@@ -129,7 +130,8 @@ class FaultServer:
                 await send({**base, "choices": [{"index": 0, "delta": {"content": text[i:i + 20]},
                                                  "finish_reason": None}]})
                 await asyncio.sleep(0.005)
-        await send({**base, "choices": [], "usage": usage})
+        if kind != "nousage":
+            await send({**base, "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

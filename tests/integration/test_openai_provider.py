@@ -56,6 +56,15 @@ def test_streamed_answer_with_ttft_and_usage_including_cached_tokens(server: Fau
     assert response.model == "ok-model-2026-01-01"
 
 
+def test_a_stream_without_a_usage_chunk_is_counted_by_the_bundled_tokenizer(server: FaultServer) -> None:
+    response = ask(server, "nousage-model")
+    assert json.loads(response.text)["resolution_key"] == "exchange_rate"
+    assert response.extra["usage"] == "estimated" and response.tokens_cached == 0
+    # the messages, their framing and the tool schema in; the streamed answer out
+    assert 30 < response.tokens_in < 200 and 10 < response.tokens_out < 60, response
+    assert "usage" not in ask(server, "ok-model").extra  # reported usage is taken as it is
+
+
 def test_a_classifying_request_asks_for_structured_output(server: FaultServer) -> None:
     provider = OpenAIProvider(server.url, "test-key", timeout_s=30)
     request = LLMRequest(model="ok-classify", messages=(ChatMessage("user", "rate?"),), response_schema=KEY_SCHEMA)
