@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     llm_strong_model: str = Field(default="gpt-4.1", description="TICKETFLOW_LLM_STRONG_MODEL")
     llm_fallback_model: str | None = Field(
         default="gpt-4.1-mini", description="TICKETFLOW_LLM_FALLBACK_MODEL: used while a model's breaker is open")
+    llm_structured_output: Literal["json_schema", "json_object"] = Field(
+        default="json_schema", description="TICKETFLOW_LLM_STRUCTURED_OUTPUT: how the OpenAI-compatible provider "
+        "asks for a reply schema: json_schema (OpenAI) or json_object with a schema (llama.cpp's server)")
     llm_timeout_s: float = Field(default=30.0, gt=0)
     llm_max_attempts: int = Field(default=4, ge=1)
     llm_breaker_failures: int = Field(default=5, ge=1)

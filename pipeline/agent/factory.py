@@ -29,7 +29,8 @@ def build_provider(settings: Settings, client: redis.Redis[bytes], intents: Coll
 
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         return OpenAIProvider(settings.llm_base_url, key, timeout_s=settings.llm_timeout_s,
-                              store_completions=settings.llm_store_completions)
+                              store_completions=settings.llm_store_completions,
+                              structured_output=settings.llm_structured_output)
     return SimulatedProvider(seed=settings.sim_seed, fault_rate=settings.sim_fault_rate, intents=list(intents),
                              billing=RedisBilling(client, settings.redis_key_prefix()),
                              time_scale=settings.sim_time_scale,

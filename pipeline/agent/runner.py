@@ -257,6 +257,8 @@ class StepRunner:
                 record.outcome = type(error).__name__
                 if getattr(error, "breaker_failure", True):
                     self.breaker(model).record_failure()
+                if not error.retryable:  # refused as asked: the step ends on it (escalated with the reason)
+                    return record
                 if isinstance(error, RateLimited):
                     retry_after = error.retry_after_s
                 delay = self.schedule.delay_s(record.attempts, rng, retry_after)

@@ -28,6 +28,7 @@ from pipeline.llm.types import (
     LLMRequest,
     LLMResponse,
     MalformedOutput,
+    ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
@@ -45,12 +46,16 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     return {"role": message.role, "content": message.content}
 
 
-def chat_body(request: LLMRequest) -> dict[str, Any]:
+def chat_body(request: LLMRequest, structured_output: str = "json_schema") -> dict[str, Any]:
     """The chat-completions body of a request (streamed by :meth:`OpenAIProvider.complete`,
-    or a line of a Batch API job)."""
+    or a line of a Batch API job). ``structured_output``: how a reply schema is asked for,
+    OpenAI's ``json_schema`` or ``json_object`` with a ``schema`` (llama.cpp's server, which
+    constrains the reply by a grammar and refuses ``json_schema``)."""
     body: dict[str, Any] = {"model": request.model, "messages": [_message(m) for m in request.messages],
                             "max_tokens": request.max_tokens, "temperature": request.temperature}
-    if request.response_schema is not None:
+    if request.response_schema is not None and structured_output == "json_object":
+        body["response_format"] = {"type": "json_object", "schema": request.response_schema}
+    elif request.response_schema is not None:
         body["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "reply", "schema": request.response_schema, "strict": True}}
     if request.tools:
@@ -83,9 +88,10 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 
 class OpenAIProvider:
     def __init__(self, base_url: str | None, api_key: str | None, timeout_s: float = 30.0,
-                 name: str = "openai", store_completions: bool = False) -> None:
+                 name: str = "openai", store_completions: bool = False, structured_output: str = "json_schema") -> None:
         self.name = name
         self.store_completions = store_completions
+        self.structured_output = structured_output
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s,
                                          max_retries=0)
 
@@ -96,7 +102,8 @@ class OpenAIProvider:
         calls: dict[int, dict[str, str]] = {}
         usage: Any = None
         model = request.model
-        kwargs = {**chat_body(request), "stream": True, "stream_options": {"include_usage": True}}
+        kwargs = {**chat_body(request, self.structured_output), "stream": True,
+                  "stream_options": {"include_usage": True}}
         if self.store_completions and request.request_id:
             kwargs.update(store=True, metadata={REQUEST_ID: request.request_id})
         try:
@@ -180,5 +187,7 @@ class OpenAIProvider:
         if isinstance(exc, openai.APIStatusError):
             if exc.status_code >= 500:
                 return ProviderUnavailable(f"{exc.status_code} from {self.name}: {exc.message}")
-            return ProviderUnavailable(f"{exc.status_code} from {self.name} (not retried by the SDK): {exc.message}")
+            if exc.status_code in (408, 409):  # a timeout or a conflict on the provider's side: again later
+                return ProviderUnavailable(f"{exc.status_code} from {self.name}: {exc.message}")
+            return ProviderRejected(f"{exc.status_code} from {self.name}: the request was refused: {exc.message}")
         return ProviderUnavailable(f"{self.name}: {exc}")

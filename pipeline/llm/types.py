@@ -79,6 +79,15 @@ class ProviderTimeout(ProviderError):
     pass
 
 
+class ProviderRejected(ProviderError):
+    """The provider refused the request itself (a 4xx other than 408, 409 and 429: a bad
+    request, an unknown model, a missing permission): the same request again cannot succeed,
+    and the provider is not unhealthy."""
+
+    retryable = False
+    breaker_failure = False
+
+
 class MalformedOutput(ProviderError):
     """Served and billed, but unusable (a tool call whose arguments are not JSON)."""
 

@@ -5,7 +5,8 @@ cached tokens, tool calls), with faults chosen by the model name:
   same without a usage chunk (as llama.cpp's server and some proxies do);
 - ``tools-*``: streams a tool call whose arguments arrive in pieces;
 - ``ratelimit-*``: 429 with ``Retry-After: 2``; ``down-*``: 503; ``slow-*``: answers after 5 s;
-- ``malformed-*``: a tool call whose arguments are not JSON;
+- ``malformed-*``: a tool call whose arguments are not JSON; ``refuse-*``: 400 (a request the
+  server does not accept);
 - ``flaky-*``: 503 while ``server.failing`` is set, else like ``ok``.
 
 Every request is counted per model in ``server.requests``.
@@ -94,6 +95,9 @@ class FaultServer:
         if kind == "ratelimit":
             return web.json_response({"error": {"message": "slow down", "type": "rate_limit"}}, status=429,
                                      headers={"Retry-After": "2"})
+        if kind == "refuse":  # as llama.cpp's server answers a response_format it does not know
+            return web.json_response({"error": {"message": "Input should be 'text' or 'json_object'",
+                                                "type": "invalid_request_error"}}, status=400)
         if kind == "down" or (kind == "flaky" and self.failing):
             return web.json_response({"error": {"message": "overloaded", "type": "server_error"}}, status=503)
         if kind == "slow":

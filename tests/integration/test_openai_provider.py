@@ -21,6 +21,7 @@ from pipeline.llm.types import (
     LLMRequest,
     LLMResponse,
     MalformedOutput,
+    ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
@@ -93,6 +94,17 @@ def test_faults_become_typed_errors(server: FaultServer) -> None:
     with pytest.raises(MalformedOutput) as malformed:
         ask(server, "malformed-model")
     assert malformed.value.response.tokens_out == 40  # served and billed: the usage is kept
+    with pytest.raises(ProviderRejected) as refused:
+        ask(server, "refuse-model")
+    assert not refused.value.retryable and not refused.value.breaker_failure
+
+
+def test_a_structured_reply_is_asked_for_in_the_servers_dialect(server: FaultServer) -> None:
+    request = LLMRequest(model="ok-dialect", messages=(ChatMessage("user", "intent?"),), response_schema=KEY_SCHEMA)
+    asyncio.run(OpenAIProvider(server.url, "k", structured_output="json_object").complete(request))
+    assert server.bodies["ok-dialect"]["response_format"] == {"type": "json_object", "schema": KEY_SCHEMA}
+    asyncio.run(OpenAIProvider(server.url, "k").complete(request))
+    assert server.bodies["ok-dialect"]["response_format"]["type"] == "json_schema"
 
 
 def state(breakers: dict[str, CircuitBreaker], key: str) -> str:
@@ -146,6 +158,24 @@ def test_breaker_opens_sends_work_to_the_fallback_and_closes_after_its_cool_down
     third = asyncio.run(runner.run(step(3)))
     assert third.calls[0].model == "flaky-primary" and server.requests["flaky-primary"] == 4
     assert state(breakers, "openai:flaky-primary") == "closed"
+
+
+def test_a_refused_request_is_not_retried_and_ends_the_step_with_its_reason(server: FaultServer) -> None:
+    async def no_sleep(_: float) -> None:
+        return None
+
+    prices = PricingTable.from_mapping({"refuse-model": {"input": "1", "cached_input": "0.5", "output": "2"}})
+    runner = StepRunner(OpenAIProvider(server.url, "k", timeout_s=5),
+                        {"cheap": "refuse-model", "strong": "refuse-model"},
+                        None, prices, Store(), Budgets(), None, lambda allowed: (), "system", ["exchange_rate"],
+                        {"default": 10**9}, lambda t: 10**9, limits=Limits(),
+                        schedule=RetrySchedule(max_attempts=4, base_s=0.01, cap_s=0.01), sleep=no_sleep)
+    before = server.requests["refuse-model"]
+    run = asyncio.run(runner.run(AgentStep(step_id="r-1:0", ticket_id="r-1", tenant_id="a", workflow="w", step=0,
+                                           ticket=b"", model_tier="strong", transcript=[Message("user", "Rate?")])))
+    assert server.requests["refuse-model"] - before == 1  # asked once: the same request again cannot succeed
+    assert run.action is None and "ProviderRejected" in (run.escalation or ""), run.escalation
+    assert runner.breaker("refuse-model").state == "closed"  # a refusal says nothing of the provider's health
 
 
 class InFlight(Budgets):
