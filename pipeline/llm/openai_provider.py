@@ -61,6 +61,8 @@ def chat_body(request: LLMRequest, structured_output: str = "json_schema") -> di
     if request.tools:
         body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                            "parameters": t.parameters}} for t in request.tools]
+    if request.tool_choice is not None:
+        body["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice}}
     return body
 
 
@@ -101,6 +103,7 @@ class OpenAIProvider:
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         usage: Any = None
+        finished = False
         model = request.model
         kwargs = {**chat_body(request, self.structured_output), "stream": True,
                   "stream_options": {"include_usage": True}}
@@ -113,6 +116,7 @@ class OpenAIProvider:
                 if chunk.usage is not None:
                     usage = chunk.usage
                 for choice in chunk.choices:
+                    finished = finished or choice.finish_reason is not None
                     delta = choice.delta
                     if (delta.content or delta.tool_calls) and ttft is None:
                         ttft = (time.perf_counter() - started) * 1000
@@ -128,6 +132,9 @@ class OpenAIProvider:
             raise self._error(exc) from exc
         except httpx.TransportError as exc:  # the connection dropped mid-stream (the SDK does not wrap it)
             raise ProviderUnavailable(f"{self.name}: the stream broke off: {exc}") from exc
+        if not finished:  # llama.cpp's server ends a stream this way when a newer request interrupts it
+            raise ProviderUnavailable(f"{self.name}: the stream ended without a finish reason (cut off by the "
+                                      f"server after {len(''.join(text))} characters)")
         latency = (time.perf_counter() - started) * 1000
         cached = 0
         details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None

@@ -35,6 +35,7 @@ class LLMRequest:
     temperature: float = 0.0
     request_id: str = ""  # the step id and tier: simulated faults and answers are keyed by it
     response_schema: dict[str, Any] | None = None  # a JSON schema the reply must follow (structured output)
+    tool_choice: str | None = None  # the name of a tool the reply must call (None: the model decides)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 cached tokens, tool calls), with faults chosen by the model name:
 
 - ``ok-*``: streams a JSON answer in several chunks, then the usage chunk; ``nousage-*``: the
-  same without a usage chunk (as llama.cpp's server and some proxies do);
+  same without a usage chunk (as llama.cpp's server and some proxies do); ``cutoff-*``: without
+  a finish reason (as llama.cpp's server ends a stream a newer request interrupted);
 - ``tools-*``: streams a tool call whose arguments arrive in pieces;
 - ``ratelimit-*``: 429 with ``Retry-After: 2``; ``down-*``: 503; ``slow-*``: answers after 5 s;
 - ``malformed-*``: a tool call whose arguments are not JSON; ``refuse-*``: 400 (a request the
@@ -134,6 +135,9 @@ class FaultServer:
                 await send({**base, "choices": [{"index": 0, "delta": {"content": text[i:i + 20]},
                                                  "finish_reason": None}]})
                 await asyncio.sleep(0.005)
+        if kind != "cutoff":  # cutoff-*: the stream ends without a finish reason (an interrupted stream)
+            reason = "tool_calls" if kind in ("tools", "malformed") else "stop"
+            await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
         if kind != "nousage":
             await send({**base, "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")

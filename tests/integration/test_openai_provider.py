@@ -94,6 +94,8 @@ def test_faults_become_typed_errors(server: FaultServer) -> None:
     with pytest.raises(MalformedOutput) as malformed:
         ask(server, "malformed-model")
     assert malformed.value.response.tokens_out == 40  # served and billed: the usage is kept
+    with pytest.raises(ProviderUnavailable, match="without a finish reason"):
+        ask(server, "cutoff-model")
     with pytest.raises(ProviderRejected) as refused:
         ask(server, "refuse-model")
     assert not refused.value.retryable and not refused.value.breaker_failure
