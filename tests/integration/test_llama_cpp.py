@@ -24,6 +24,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -107,8 +108,8 @@ def test_a_stream_without_usage_is_counted_close_to_the_servers_own_count(llama:
     assert 0 < response.ttft_ms < response.latency_ms
     # The same request unstreamed: the server's own usage (its tokenizer, its chat template).
     sync = openai.OpenAI(base_url=llama.url, api_key="none", timeout=120, max_retries=0)
-    plain = sync.chat.completions.create(model="smollm2", max_tokens=48, temperature=0.0, messages=[
-        {"role": m.role, "content": m.content} for m in request.messages])
+    messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+    plain = sync.chat.completions.create(model="smollm2", max_tokens=48, temperature=0.0, messages=messages)
     assert plain.usage is not None
     ours = estimated_tokens(request, plain.choices[0].message.content or "", ())
     assert ours[0] == pytest.approx(plain.usage.prompt_tokens, rel=0.4), (ours, plain.usage)
