@@ -315,8 +315,9 @@ def exact_neighbours(queries: npt.NDArray[np.float32], vectors: npt.NDArray[np.f
     sims = queries @ vectors.T
     k = min(k, sims.shape[1])
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    found = []
-    for row, candidates in enumerate(top):
-        ordered = candidates[np.argsort(-sims[row, candidates])]
-        found.append([Neighbour(float(sims[row, j]), labels[j], texts[j], None, str(j)) for j in ordered])
-    return found
+    rows = np.arange(sims.shape[0])[:, None]
+    order = np.argsort(-sims[rows, top], axis=1)
+    ordered = np.take_along_axis(top, order, axis=1)
+    scores = sims[rows, ordered].tolist()  # Python floats in one call, not one numpy scalar at a time
+    return [[Neighbour(score, labels[j], texts[j], None, str(j)) for score, j in zip(row_scores, row_ids, strict=True)]
+            for row_scores, row_ids in zip(scores, ordered.tolist(), strict=True)]
