@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from pipeline.agent.runner import CallRecord
+from pipeline.llm.types import LLMResponse
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
@@ -34,19 +35,16 @@ class AgentMetrics:
     def waited(self, lane: str, seconds: float) -> None:
         self.wait.labels(lane).observe(seconds)
 
-    def paid(self, tenant: str, workflow: str, call: CallRecord) -> None:
-        """A reply paid for, counted the moment it is paid (not when its step finishes: a step
+    def paid(self, tenant: str, workflow: str, model: str, response: LLMResponse, cost_micros: int) -> None:
+        """A reply paid for, counted the moment it arrives (not when its step finishes: a step
         whose partition moved away is finished elsewhere, reusing the reply, which is not paid
         again), so the spend here sums to the accounting records on ``llm.usage``."""
-        response = call.response
-        if response is None:
-            return
-        self.tokens.labels(call.model, "in").inc(response.tokens_in)
-        self.tokens.labels(call.model, "out").inc(response.tokens_out)
-        self.tokens.labels(call.model, "cached").inc(response.tokens_cached)
-        self.cost.labels(tenant, workflow, call.model).inc(call.cost_micros)
-        self.ttft.labels(call.model).observe(response.ttft_ms / 1000)
-        self.latency.labels(call.model).observe(response.latency_ms / 1000)
+        self.tokens.labels(model, "in").inc(response.tokens_in)
+        self.tokens.labels(model, "out").inc(response.tokens_out)
+        self.tokens.labels(model, "cached").inc(response.tokens_cached)
+        self.cost.labels(tenant, workflow, model).inc(cost_micros)
+        self.ttft.labels(model).observe(response.ttft_ms / 1000)
+        self.latency.labels(model).observe(response.latency_ms / 1000)
 
     def observe(self, tenant: str, workflow: str, calls: list[CallRecord], tier: str, escalation: str) -> None:
         for call in calls:

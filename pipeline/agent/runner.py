@@ -129,9 +129,11 @@ class StepRunner:
         # re-run by at most one call timeout.
         self.lease_s = self.limits.call_timeout_s + 5
         self.ledger = CallLedger(store, budgets, sleep)
-        #: told of every reply this runner paid for, as it is paid (the metrics' spend): a
-        #: step that does not finish here (its partition moved, the worker stopped) was still paid
-        self.on_paid: Callable[[AgentStep, CallRecord], None] | None = None
+        #: told of every reply this runner paid for (step, model asked, reply, micro-dollars)
+        #: the moment it arrives, before anything else can interrupt the step: a step that does
+        #: not finish here (its partition moved, the worker stopped) was still paid, and its re-run
+        #: elsewhere reuses the recorded reply without paying again (the metrics' spend)
+        self.on_paid: Callable[[AgentStep, str, LLMResponse, int], None] | None = None
 
     def breaker(self, model: str) -> CircuitBreaker:
         key = f"{self.provider.name}:{model}"
@@ -248,7 +250,7 @@ class StepRunner:
             retry_after: float | None = None
             try:
                 served, recorded = await asyncio.wait_for(
-                    self._served(request, call_key, model, batched),
+                    self._served(step, request, call_key, model, batched),
                     self.batch_timeout_s if batched else self.limits.call_timeout_s)
             except (ProviderError, TimeoutError) as exc:
                 error = exc if isinstance(exc, ProviderError) else ProviderTimeout("call timed out")
@@ -281,8 +283,6 @@ class StepRunner:
         record.cost_micros = self._cost(response)
         self.breaker(model).record_success()
         record.outcome = "ok"
-        if self.on_paid is not None:
-            self.on_paid(step, record)
         return record
 
     async def recovered(self, request_id: str) -> LLMResponse | None:
@@ -307,7 +307,7 @@ class StepRunner:
         return self.pricing.cost_micros(asked, response.tokens_in, response.tokens_out, response.tokens_cached,
                                         batch="batch_id" in response.extra)
 
-    async def _served(self, request: LLMRequest, call_key: str, model: str,
+    async def _served(self, step: AgentStep, request: LLMRequest, call_key: str, model: str,
                       batched: bool = False) -> tuple[LLMResponse, LLMResponse | None]:
         """The provider's reply (a malformed one too: it was served and billed, the workflow
         rejects it), and the reply as recorded the moment it arrived (None: the store was
@@ -321,6 +321,8 @@ class StepRunner:
             response = exc.response
         # Priced by the model asked for: a provider may answer with a dated snapshot name.
         response = dataclasses.replace(response, extra={**response.extra, "requested_model": model})
+        if self.on_paid is not None:
+            self.on_paid(step, model, response, self._cost(response))
         return response, self.ledger.record_now(call_key, response)
 
     def request(self, step: AgentStep, model: str, tools: tuple[ToolDefinition, ...], request_id: str) -> LLMRequest:

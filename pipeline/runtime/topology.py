@@ -220,7 +220,8 @@ def _agent(ctx: WorkerContext) -> list[Binding]:
     loop = ctx.shared("llm_loop", LoopThread)
     gate = LaneGate(settings.agent_interactive_concurrency, settings.agent_batch_concurrency)
     metrics = AgentMetrics(ctx.registry)
-    runner.on_paid = lambda step, call: metrics.paid(step.tenant_id, usage_workflow(step), call)
+    runner.on_paid = lambda step, model, reply, cost: metrics.paid(step.tenant_id, usage_workflow(step), model,
+                                                                   reply, cost)
     bindings = []
     for lane in ("interactive", "batch"):
         processor = AgentProcessor(lane, runner, loop, gate, SystemClock(), _tools(ctx), _rulebook(ctx), metrics)

@@ -224,7 +224,8 @@ def test_a_real_prometheus_scrapes_two_workers_answers_every_panel_and_an_alert_
         worker.extra_env = {"TICKETFLOW_METRICS_PORT": str(metrics_port), "TICKETFLOW_TOOLS_DATABASE_URL": bank_url,
                             "TICKETFLOW_TOOL_BREAKER_FAILURES": "2", "TICKETFLOW_TOOL_MAX_ATTEMPTS": "2",
                             "TICKETFLOW_CACHE_AUDIT_SHARE": "1.0"}
-        workers.append(worker.start())
+        workers.append(worker)
+    workers[0].start()  # the second joins mid-stream: steps in flight move, and their paid replies are reused
     targets = [f"127.0.0.1:{metrics_port}", f"127.0.0.1:{metrics_port + 1}"]  # a worker serves port + its slot
     prometheus, url = start_prometheus(tmp_path, targets, alertmanager_url)
     client = TicketflowClient(settings)
@@ -234,6 +235,9 @@ def test_a_real_prometheus_scrapes_two_workers_answers_every_panel_and_an_alert_
         # Questions asked twice, later, so that the cache (and its audit) answers some of them.
         again = [TicketSubmitted(**{**to_record(t), "ticket_id": f"{t.ticket_id}-again"}) for t in tickets[:60]]
         client.submit(tickets)
+        for _ in client.results(expect=30, ticket_ids={t.ticket_id for t in tickets}, timeout_s=120):
+            pass
+        workers[1].start()
         counts = response_counts(client, {t.ticket_id for t in tickets}, timeout_s=240)
         assert sum(counts.values()) == len(tickets)
         client.submit(again)
