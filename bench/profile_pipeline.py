@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,12 @@ def summarise(collapsed: Path, top: int) -> None:
             print(f"{100 * n / total:5.1f}%  {name[:160]}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (/proc; every thread, native ones included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tickets", type=int, default=3000)
@@ -70,11 +77,15 @@ def main() -> int:
                "--format", "raw", "--threads", "--nonblocking", "-o", str(collapsed)] + (["--gil"] if args.gil else [])
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = time.time()
+        cpu_before = cpu_seconds(worker.proc.pid)
         before = len(seen)
         while spy.poll() is None:
             seen.extend(m.timestamp()[1] / 1000 for m in reader.poll(0.5))
-        rate = (len(seen) - before) / (time.time() - start)
-        print(f"answered {len(seen)} of {args.tickets}; {rate:.1f} tickets/s while recorded")
+        elapsed = time.time() - start
+        rate = (len(seen) - before) / elapsed
+        cores = (cpu_seconds(worker.proc.pid) - cpu_before) / elapsed
+        print(f"answered {len(seen)} of {args.tickets}; {rate:.1f} tickets/s while recorded; the worker used "
+              f"{100 * cores:.0f} % of a core (py-spy's own sampling included)")
         summarise(collapsed, args.top)
     finally:
         reader.close()

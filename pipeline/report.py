@@ -24,6 +24,7 @@ from pipeline.client import TicketflowClient
 from pipeline.demo import percentiles
 from pipeline.errors import DecodeError
 from pipeline.events import CacheAudit, CostSummary, UsageRecord
+from pipeline.replay.window import iso
 from pipeline.topic_reader import read_to_end
 
 DEFLECTED = ("cache", "rule", "tool")
@@ -127,7 +128,7 @@ def summarise(records: Records, since_ms: int, until_ms: int, tenant: str | None
               for t, per_day in sorted(days.items())}
     cache_hits = paths.get("cache", 0)
     return {
-        "since": _iso(since_ms), "until": _iso(until_ms), "tenant": tenant,
+        "since": iso(since_ms), "until": iso(until_ms), "tenant": tenant,
         "tickets": len(tickets),
         "cost_usd": _usd(sum(t.cost_micros for t in tickets)),
         "cost_per_ticket_usd": _usd(sum(t.cost_micros for t in tickets) / len(tickets)) if tickets else 0.0,
@@ -154,10 +155,6 @@ def summarise(records: Records, since_ms: int, until_ms: int, tenant: str | None
                             for t, a in sorted(records.audits.items())}},
         "budget": budget,
     }
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
 def table(report: dict[str, Any]) -> list[dict[str, Any]]:

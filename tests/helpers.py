@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -181,3 +182,10 @@ def assert_books_balance(settings: Settings, client: TicketflowClient, billing: 
         cost = sum(u.cost_micros for u in usage if u.outcome == "ok" and u.tenant_id == tenant)
         assert abs(budgets.spent(tenant) - cost) <= ONE_RESERVATION_MICROS, (tenant, budgets.spent(tenant), cost)
     return served
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -71,12 +71,13 @@ class Window:
         return [o.ticket for o in self.originals]
 
     def describe(self) -> dict[str, object]:
-        return {"source": self.source, "since": _iso(self.since_ms), "until": _iso(self.until_ms),
+        return {"source": self.source, "since": iso(self.since_ms), "until": iso(self.until_ms),
                 "offsets": {str(p): list(r) for p, r in sorted(self.offsets.items())},
                 "skipped": dict(self.skipped), "warnings": list(self.warnings)}
 
 
-def _iso(ms: int | None) -> str | None:
+def iso(ms: int | None) -> str | None:
+    """Epoch milliseconds as an ISO time in UTC, to the second."""
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
@@ -121,7 +122,7 @@ def _ranges(consumer: Consumer, topic: str, since_ms: int, until_ms: int | None,
             if first is not None and first > since_ms:
                 window.warnings.append(
                     f"partition {p}: retention has deleted offsets below {low}; the log starts at "
-                    f"{_iso(first)}, after --since {_iso(since_ms)}: part of the window is gone")
+                    f"{iso(first)}, after --since {iso(since_ms)}: part of the window is gone")
         ranges[p] = (start, max(start, end))
     return ranges
 

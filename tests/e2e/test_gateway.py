@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,9 @@ import httpx
 import pytest
 
 from pipeline.settings import Settings
-from tests.helpers import WorkerProcess, worker_env
+from tests.helpers import WorkerProcess, free_port, worker_env
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ticketflow(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

