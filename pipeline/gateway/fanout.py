@@ -83,6 +83,7 @@ class FanOut:
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.lag_ms = 0.0  # produce-to-seen delay of the last record
+        self._read_to: dict[tuple[str, int], int] = {}  # next offset per partition, for a rebuilt consumer
         self._thread = threading.Thread(target=self._run, name="gateway-fanout", daemon=True)
 
     def start(self) -> None:
@@ -133,6 +134,19 @@ class FanOut:
     # -- the consumer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        """Read until closed. A broker error (no leader yet, the broker down) is not the end:
+        the consumer is rebuilt after a pause and resumes where it had read to."""
+        pause = 0.5
+        while not self.stop.is_set():
+            try:
+                self._consume()
+                return
+            except Exception as exc:  # the health check reports the fan-out down until it is back
+                log.warning("gateway fan-out: %s; retrying in %.1f s", exc, pause)
+                self.stop.wait(pause)
+                pause = min(pause * 2, 5.0)
+
+    def _consume(self) -> None:
         consumer = Consumer({**self.settings.kafka_common(), "group.id": f"gateway-{uuid.uuid4().hex}",
                              "enable.auto.commit": False, "isolation.level": "read_committed",
                              "fetch.wait.max.ms": 10, "enable.partition.eof": False})
@@ -145,23 +159,26 @@ class FanOut:
                     continue
                 batch = [message, *consumer.consume(num_messages=499, timeout=0)]
                 self._handle(batch)
-        except Exception:  # the gateway's health check reports a dead fan-out
-            log.exception("gateway fan-out consumer stopped")
-            raise
         finally:
             self.ready.clear()
             consumer.close()
 
     def _start_positions(self, consumer: Consumer) -> list[TopicPartition]:
+        """Where a partition was read to before a restart of the consumer; else ``catchup_s`` back."""
         since = int((time.time() - self.catchup_s) * 1000)
-        wanted = []
+        wanted, known = [], []
         for topic in self.topics:
             metadata = consumer.list_topics(topic, timeout=10).topics[topic]
             if metadata.error is not None:
                 raise RuntimeError(f"topic {topic}: {metadata.error}")
-            wanted += [TopicPartition(topic, p, since) for p in metadata.partitions]
-        found = consumer.offsets_for_times(wanted, timeout=10)
-        return [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found]
+            for p in metadata.partitions:
+                if (topic, p) in self._read_to:
+                    known.append(TopicPartition(topic, p, self._read_to[topic, p]))
+                else:
+                    wanted.append(TopicPartition(topic, p, since))
+        found = consumer.offsets_for_times(wanted, timeout=10) if wanted else []
+        return known + [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                        for tp in found]
 
     def _handle(self, messages: list[Any]) -> None:
         items: list[tuple[Key, Progress]] = []
@@ -171,6 +188,7 @@ class FanOut:
                 if message.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("gateway fan-out: %s", message.error())
                 continue
+            self._read_to[message.topic(), message.partition()] = message.offset() + 1
             topic = self.topics.get(message.topic(), "")
             try:
                 found = self._progress(topic, message.value())
