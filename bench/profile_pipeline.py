@@ -6,6 +6,10 @@ and by leaf, and the drain rate; writes the collapsed stacks for a flame graph.
     ./run ticketflow services up
     .venv/bin/pip install py-spy          # not a project dependency
     PYTHONPATH=. .venv/bin/python bench/profile_pipeline.py --tickets 3000 --seconds 30
+
+``--rate 100`` sends the tickets at a steady rate instead (a live stream, as the latency
+sweep does, after a 50-ticket warm-up), and ``--idle`` keeps the samples of threads that
+wait (in ``consume``, a commit, a lock): where each thread's wall time goes, not only its CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,21 +65,32 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--out", type=Path, default=Path("/tmp/ticketflow-profile"))
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
+    parser.add_argument("--idle", action="store_true", help="keep samples of waiting threads too")
+    parser.add_argument("--rate", type=float, help="tickets a second, sent while recording (default: pre-loaded)")
     args = parser.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     args.out.mkdir(parents=True, exist_ok=True)
     settings = fresh(load_settings())
-    TicketflowClient(settings).submit(tickets(args.tickets, "prof"))
+    load = tickets(args.tickets, "prof")
+    client = TicketflowClient(settings)
+    if args.rate:  # a warm-up, then the rest at a steady rate from a thread
+        client.submit(load[:50])
+        paced = threading.Thread(target=client.submit, args=(load[50:],), kwargs={"rate_per_s": args.rate},
+                                 daemon=True)
+    else:
+        client.submit(load)
     worker = WorkerProcess(settings, args.out / "worker.log").start()
     reader = TopicReader(settings.kafka_common(), f"{settings.topic_prefix}tickets.responses")
     seen: list[float] = []
     try:
-        while len(seen) < 100:
+        while len(seen) < (50 if args.rate else 100):
             seen.extend(m.timestamp()[1] / 1000 for m in reader.poll(1.0))
+        if args.rate:
+            paced.start()
         assert worker.proc is not None
         collapsed = args.out / "worker.collapsed"
         cmd = [pyspy, "record", "--pid", str(worker.proc.pid), "--duration", str(args.seconds), "--rate", "200",
-               "--format", "raw", "--threads", "--nonblocking", "-o", str(collapsed)] + (["--gil"] if args.gil else [])
+               "--format", "raw", "--threads", "--nonblocking", "-o", str(collapsed)] + (["--gil"] if args.gil else []) + (["--idle"] if args.idle else [])
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = time.time()
         cpu_before = cpu_seconds(worker.proc.pid)

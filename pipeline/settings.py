@@ -127,7 +127,13 @@ class Settings(BaseSettings):
     # stage already hands over whole batches, and queued requests merge anyway; waiting only
     # added latency at low load (a 5 ms wait was 40 % of a one-ticket lookup).
     embedding_max_wait_ms: float = Field(default=0.0, ge=0)
-    embedding_threads: int | None = Field(default=None, ge=1)
+    embedding_threads: int | None = Field(
+        default=None, ge=1, description="TICKETFLOW_EMBEDDING_THREADS: the ONNX encoder's threads "
+        "[TICKETFLOW_NATIVE_THREADS]")
+    native_threads: int = Field(
+        default=1, ge=1, description="TICKETFLOW_NATIVE_THREADS: threads of each native compute pool in a "
+        "worker (BLAS, the ONNX encoder). A worker's batches are small: a second thread halved no wait "
+        "but its spin-wait cost 3-6 times the CPU of the work (README, Benchmark)")
     # -- router and tools (issue 4) --
     router_rules_file: Path | None = Field(
         default=None, description="TICKETFLOW_ROUTER_RULES_FILE: the routing rules (YAML); default: the "

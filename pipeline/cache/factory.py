@@ -19,7 +19,7 @@ SWEEP_INTERVAL_S = 60.0
 def build_embedder(settings: Settings) -> MicroBatcher:
     embedder = SentenceTransformerEmbedder(backend=settings.embedding_backend,
                                            export_dir=settings.state_dir / "models",
-                                           threads=settings.embedding_threads)
+                                           threads=settings.embedding_threads or settings.native_threads)
     return MicroBatcher(embedder, settings.embedding_max_batch, settings.embedding_max_wait_ms)
 
 
