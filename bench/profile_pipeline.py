@@ -90,7 +90,8 @@ def main() -> int:
         assert worker.proc is not None
         collapsed = args.out / "worker.collapsed"
         cmd = [pyspy, "record", "--pid", str(worker.proc.pid), "--duration", str(args.seconds), "--rate", "200",
-               "--format", "raw", "--threads", "--nonblocking", "-o", str(collapsed)] + (["--gil"] if args.gil else []) + (["--idle"] if args.idle else [])
+               "--format", "raw", "--threads", "--nonblocking", "-o", str(collapsed)]
+        cmd += (["--gil"] if args.gil else []) + (["--idle"] if args.idle else [])
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = time.time()
         cpu_before = cpu_seconds(worker.proc.pid)
