@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     embedding_threads: int | None = Field(
         default=None, ge=1, description="TICKETFLOW_EMBEDDING_THREADS: the ONNX encoder's threads "
         "[TICKETFLOW_NATIVE_THREADS]")
+    embedding_process: bool = Field(
+        default=True, description="TICKETFLOW_EMBEDDING_PROCESS: a worker's encoder runs in a child process, "
+        "out of the reach of the worker's GIL (the onnx backends)")
     native_threads: int = Field(
         default=1, ge=1, description="TICKETFLOW_NATIVE_THREADS: threads of each native compute pool in a "
         "worker (BLAS, the ONNX encoder). A worker's batches are small: a second thread halved no wait "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from pipeline.cache.embedder import MicroBatcher, SentenceTransformerEmbedder
+from pipeline.cache.embedder import Embedder, MicroBatcher, SentenceTransformerEmbedder
+from pipeline.cache.embedder_process import EmbedderProcess
 from pipeline.cache.index import VectorIndex
 from pipeline.cache.metrics import CacheMetrics
 from pipeline.cache.semantic_cache import KbVersions, PolicyBook, PolicyLevels, SecondOpinions, SemanticCache
@@ -16,10 +17,13 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 60.0
 
 
-def build_embedder(settings: Settings) -> MicroBatcher:
-    embedder = SentenceTransformerEmbedder(backend=settings.embedding_backend,
-                                           export_dir=settings.state_dir / "models",
-                                           threads=settings.embedding_threads or settings.native_threads)
+def build_embedder(settings: Settings, in_worker: bool = False) -> MicroBatcher:
+    """The encoder behind a micro-batcher; in a worker (``in_worker``), in a process of its own
+    unless TICKETFLOW_EMBEDDING_PROCESS=false (pipeline/cache/embedder_process.py)."""
+    kind = (EmbedderProcess if in_worker and settings.embedding_process and settings.embedding_backend != "torch"
+            else SentenceTransformerEmbedder)
+    embedder: Embedder = kind(backend=settings.embedding_backend, export_dir=settings.state_dir / "models",
+                              threads=settings.embedding_threads or settings.native_threads)
     return MicroBatcher(embedder, settings.embedding_max_batch, settings.embedding_max_wait_ms)
 
 

@@ -64,7 +64,7 @@ def _intake(ctx: WorkerContext) -> list[Binding]:
 def _embedder(ctx: WorkerContext) -> MicroBatcher:
     from pipeline.cache.factory import build_embedder
 
-    embedder: MicroBatcher = ctx.shared("embedder", lambda: build_embedder(ctx.settings))
+    embedder: MicroBatcher = ctx.shared("embedder", lambda: build_embedder(ctx.settings, in_worker=True))
     return embedder
 
 
