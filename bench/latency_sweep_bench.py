@@ -26,7 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipeline.admin import delete_topics
 from pipeline.datasets import banking77_sample, banking77_split
+from pipeline.settings import load_settings
 
 TARGETS_AT_100 = {("cache", "p99"): 200.0, ("rule", "p99"): 300.0, ("tool", "p99"): 300.0,
                   ("agent", "p50"): 2500.0, ("agent", "p99"): 8000.0}
@@ -47,10 +49,14 @@ def held_out_csv(n: int, path: Path) -> Path:
 
 
 def demo(rate: float, tickets: int, input_csv: Path) -> dict[str, Any]:
-    env = {**os.environ, "TICKETFLOW_TOPIC_PREFIX": f"sweep-{uuid.uuid4().hex[:6]}."}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "demo", "--json", "--input", str(input_csv),
-                           "--tickets", str(tickets), "--rate", str(rate)], capture_output=True, text=True, env=env,
-                          timeout=1800, check=False)
+    prefix = f"sweep-{uuid.uuid4().hex[:6]}."
+    env = {**os.environ, "TICKETFLOW_TOPIC_PREFIX": prefix}
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "demo", "--json", "--input",
+                               str(input_csv), "--tickets", str(tickets), "--rate", str(rate)], capture_output=True,
+                              text=True, env=env, timeout=1800, check=False)
+    finally:  # hundreds of left-over topics slowed the local broker down (README, Benchmark)
+        delete_topics(load_settings().model_copy(update={"topic_prefix": prefix}))
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     report: dict[str, Any] = json.loads(done.stdout)
