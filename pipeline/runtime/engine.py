@@ -44,6 +44,24 @@ from topics.catalog import topic_name
 
 log = logging.getLogger(__name__)
 
+#: At most this many records of a partition committed ahead of a running one (the offsets go
+#: in the commit's metadata, which the broker caps at 4,096 bytes by default).
+MAX_AHEAD = 400
+_AHEAD_TAG = "ahead1:"
+
+
+def encode_ahead(committed: int, offsets: set[int]) -> str:
+    """The answered offsets past ``committed``, as the commit's metadata ("ahead1:" and the
+    distances from the committed offset)."""
+    return _AHEAD_TAG + ",".join(str(o - committed) for o in sorted(offsets)) if offsets else ""
+
+
+def decode_ahead(committed: int, metadata: str | None) -> set[int]:
+    if not metadata or not metadata.startswith(_AHEAD_TAG) or committed < 0:
+        return set()
+    body = metadata[len(_AHEAD_TAG):]
+    return {committed + int(d) for d in body.split(",") if d}
+
 
 @dataclass
 class _Entry:
@@ -53,6 +71,7 @@ class _Entry:
     origin: str = ""
     future: Future[Any] | None = None
     outcome: Outcome | None = None  # None with no future: not handled (consumed again)
+    emitted: bool = False  # its outputs are committed, ahead of a record still running before it
 
     @property
     def done(self) -> bool:
@@ -74,6 +93,9 @@ class Engine:
         self.topics = [topic_name(settings.topic_prefix, t) for t in binding.inputs]
         self.max_in_flight = binding.max_in_flight if binding.concurrent else settings.max_batch
         self.pending: dict[tuple[str, int], deque[_Entry]] = {}
+        #: concurrent bindings: offsets past a partition's committed offset whose outputs are
+        #: committed already (the commit's metadata says which); consumed again, they are skipped
+        self.ahead: dict[tuple[str, int], set[int]] = {}
         self.stall: Stall | None = None
         self._paused = False
         self._attempts: dict[tuple[str, int, int], int] = {}
@@ -115,7 +137,10 @@ class Engine:
         entries = [self._decoded(message) for message in records]
         if self.binding.concurrent:
             for entry in entries:
-                if entry.outcome is None:
+                topic, partition, offset = position(entry.message)
+                if offset in self.ahead.get((topic, partition), ()):
+                    entry.emitted = True  # answered before a restart or a rewind: not again
+                elif entry.outcome is None:
                     self._start(entry)
         else:
             self._handle(entries)
@@ -193,18 +218,36 @@ class Engine:
 
     def _settled(self) -> tuple[list[tuple[_Entry, Outcome]], list[tuple[_Entry, Verdict | None]]]:
         """Per partition, the leading finished records with their outcomes, up to the first one
-        to consume again (apart: with the policy's verdict, or None when it was not handled)."""
+        to consume again (apart: with the policy's verdict, or None when it was not handled).
+        A concurrent binding's finished records behind one still running are ready too (up to
+        ``MAX_AHEAD``): their outputs need not wait for a slow step before them."""
         ready: list[tuple[_Entry, Outcome]] = []
         again: list[tuple[_Entry, Verdict | None]] = []
-        for queue in self.pending.values():
+        ordered = not self.binding.concurrent
+        for key, queue in self.pending.items():
+            room = MAX_AHEAD - len(self.ahead.get(key, ()))
+            running = False
             for entry in queue:
+                if entry.emitted:
+                    continue
                 if not entry.done:
-                    break
+                    if ordered:
+                        break
+                    running = True  # a concurrent binding commits the finished records behind it
+                    continue
+                if running:
+                    if room <= 0:
+                        break
+                    room -= 1
                 outcome = self._outcome(entry)
+                entry.outcome, entry.future = outcome, None  # finished once, whenever it is committed
                 if outcome is None:
-                    again.append((entry, None))
+                    if not running:
+                        again.append((entry, None))
                     break
                 if isinstance(outcome, Failure) and outcome.retryable:
+                    if running:
+                        break  # judged (and consumed again) once it leads its partition
                     verdict = self._judge(entry.message, outcome)
                     if not verdict.dead_letter:
                         again.append((entry, verdict))
@@ -252,6 +295,13 @@ class Engine:
                 else:
                     kafka.dead_letter(entry.message, outcome, self._attempts.get(where, 1))
                 self._attempts.pop(where, None)
+            if self.binding.concurrent:
+                positions = self._positions(ready)
+                if not kafka.commit([e.message for e, _ in ready], positions):
+                    self._restart_pending()
+                    return
+                self._advance(ready, positions)
+                return
             if not kafka.commit([e.message for e, _ in ready]):
                 self._restart_pending()
                 return
@@ -262,6 +312,38 @@ class Engine:
                     queue.popleft()
         finally:
             self.batch_started = None
+
+    def _positions(self, ready: list[tuple[_Entry, Outcome]]) -> dict[tuple[str, int], tuple[int, str]]:
+        """Per partition with records to commit: the offset to commit (the first record not yet
+        answered) and the offsets past it that are answered (the commit's metadata)."""
+        now_done: dict[tuple[str, int], set[int]] = {}
+        for entry, _ in ready:
+            topic, partition, offset = position(entry.message)
+            now_done.setdefault((topic, partition), set()).add(offset)
+        positions = {}
+        for key, offsets in now_done.items():
+            answered = offsets | self.ahead.get(key, set())
+            queue = self.pending.get(key, deque())
+            last = max(answered) + 1
+            first_open = next((position(e.message)[2] for e in queue
+                               if not e.emitted and position(e.message)[2] not in answered), None)
+            if first_open is None:
+                first_open = max(last, position(queue[-1].message)[2] + 1) if queue else last
+            positions[key] = (first_open, encode_ahead(first_open, {o for o in answered if o > first_open}))
+        return positions
+
+    def _advance(self, ready: list[tuple[_Entry, Outcome]], positions: dict[tuple[str, int], tuple[int, str]]) -> None:
+        """After a commit: the committed records are answered; the partition's queue starts at
+        its first open record, and what lies ahead of it is remembered."""
+        for entry, _ in ready:
+            entry.emitted = True
+        for key, (committed, _) in positions.items():
+            queue = self.pending.get(key)
+            ahead = self.ahead.setdefault(key, set())
+            ahead.update(position(e.message)[2] for e, _ in ready if position(e.message)[:2] == key)
+            while queue and position(queue[0].message)[2] < committed:
+                queue.popleft()
+            self.ahead[key] = {o for o in ahead if o >= committed}
 
     # -- 4. rewind and stall -------------------------------------------------------------
 
@@ -291,11 +373,15 @@ class Engine:
         self._paused = hold
 
     def _assigned(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        if self.binding.concurrent and partitions:
+            for tp in consumer.committed(partitions, timeout=30):
+                self.ahead[(tp.topic, tp.partition)] = decode_ahead(tp.offset, tp.metadata)
         if self._paused and partitions:
             consumer.pause(partitions)
 
     def _revoked(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            self.ahead.pop((tp.topic, tp.partition), None)
             dropped = self.pending.pop((tp.topic, tp.partition), None)
             for entry in dropped or ():
                 if entry.future is not None:

@@ -154,20 +154,24 @@ class Transactions:
     def begin(self) -> None:
         self.producer.begin_transaction()
 
-    def commit(self, records: Sequence[Message]) -> bool:
-        """Send the records' next offsets and commit the open transaction; False when it had
-        to be aborted (it is then aborted here; the caller rewinds)."""
-        offsets: dict[tuple[str, int], int] = {}
-        for message in records:
-            topic, partition, offset = position(message)
-            offsets[(topic, partition)] = max(offsets.get((topic, partition), 0), offset + 1)
+    def commit(self, records: Sequence[Message],
+               positions: dict[tuple[str, int], tuple[int, str]] | None = None) -> bool:
+        """Send the records' next offsets (or ``positions``: an offset and its metadata per
+        partition) and commit the open transaction; False when it had to be aborted (it is
+        then aborted here; the caller rewinds)."""
+        offsets: dict[tuple[str, int], tuple[int, str]] = dict(positions or {})
+        if positions is None:
+            for message in records:
+                topic, partition, offset = position(message)
+                offsets[(topic, partition)] = (max(offsets.get((topic, partition), (0, ""))[0], offset + 1), "")
         started = time.perf_counter()
         self._commits += 1
         if self._commits == self.settings.crash_before_commit:
             self._crash_mid_transaction()
         try:
             self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                [TopicPartition(t, p, o, metadata=m) if m else TopicPartition(t, p, o)
+                 for (t, p), (o, m) in offsets.items()],
                 self.consumer.consumer_group_metadata(), 60)
             self._commit_with_retry()
         except KafkaException as exc:
