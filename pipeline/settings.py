@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     embedding_process: bool = Field(
         default=True, description="TICKETFLOW_EMBEDDING_PROCESS: a worker's encoder runs in a child process, "
         "out of the reach of the worker's GIL (the onnx backends)")
+    gil_switch_ms: float = Field(
+        default=5.0, gt=0, description="TICKETFLOW_GIL_SWITCH_MS: the worker's sys.setswitchinterval; a thread "
+        "back from I/O waits up to this long for the GIL while others compute")
     native_threads: int = Field(
         default=1, ge=1, description="TICKETFLOW_NATIVE_THREADS: threads of each native compute pool in a "
         "worker (BLAS, the ONNX encoder). A worker's batches are small: a second thread halved no wait "

@@ -52,18 +52,19 @@ class RedisBilling:
         token = uuid.uuid4().hex
         line = f"{request_id} pid={os.getpid()} served={time.time():.3f} token={token}"
         self._pending.append((model, request_id, line, reply if request_id else ""))
-        pipe = self.client.pipeline(transaction=False)
-        for pending_model, pending_id, pending_line, pending_reply in self._pending:
-            self._book(keys=[self.key, self.calls_key, self.lines_key, self.tokens_key,
-                             self.stored_prefix + pending_id],
-                       args=[pending_model, pending_id, pending_line.rsplit("token=", 1)[1], pending_line,
-                             pending_reply, self.ttl_s],
-                       client=pipe)
-        try:
-            pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError):
-            return
-        self._pending.clear()
+        # One EVALSHA each (the script loads itself on NOSCRIPT). A pipeline with a script in it
+        # asks SCRIPT EXISTS first on every execute: a second round trip on the agent's event
+        # loop for every call (a quarter of that loop's time at 100 tickets/s).
+        while self._pending:
+            pending_model, pending_id, pending_line, pending_reply = self._pending[0]
+            try:
+                self._book(keys=[self.key, self.calls_key, self.lines_key, self.tokens_key,
+                                 self.stored_prefix + pending_id],
+                           args=[pending_model, pending_id, pending_line.rsplit("token=", 1)[1], pending_line,
+                                 pending_reply, self.ttl_s])
+            except (redis.ConnectionError, redis.TimeoutError):
+                return
+            self._pending.pop(0)
 
     def stored(self, request_id: str) -> str | None:
         """The reply served to ``request_id`` (JSON), if one was; raises the client's

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from types import FrameType
@@ -109,6 +110,7 @@ def run_worker(settings: Settings, processor_names: list[str] | None = None,
         faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     limit_native_threads(settings.native_threads)
+    sys.setswitchinterval(settings.gil_switch_ms / 1000)
     serde = make_serde(settings)
     failed: list[BaseException] = []
     health = DependencyHealth(dependency_probes(settings), metrics)
