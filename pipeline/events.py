@@ -81,6 +81,8 @@ class TicketResolved:
     cache_text: str | None = None
     confidence: float | None = None  # the agent's, in its resolution key
     cache_entry_id: str | None = None  # a cache hit's entry
+    embedding: bytes | None = None  # float32 little-endian, of cache_text (a cacheable answer -> cache writer)
+    embedding_model: str | None = None
 
     SCHEMA = "TicketResolved"
 
@@ -130,6 +132,8 @@ class CacheUpdate:
     source: str | None = None  # provenance (pipeline.cache.index.SOURCES); None: legacy
     model_tier: str | None = None
     confidence: float | None = None
+    embedding: bytes | None = None  # float32 little-endian, of text (an upsert's, when it came along)
+    embedding_model: str | None = None
 
     SCHEMA = "CacheUpdate"
 

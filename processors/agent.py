@@ -46,7 +46,7 @@ from pipeline.routing.rulebook import RuleBook
 from pipeline.serde import pack, unpack
 from pipeline.tools.registry import ToolRegistry
 from processors.escalation import HANDOFF_ANSWER, stage_latencies
-from processors.router import original_text, ticket_day
+from processors.router import carried_embedding, original_text, ticket_day
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,8 @@ def _resolution(ticket: TicketSubmitted, totals: AgentStep, run: StepRun, now: i
         looked_up = any(m.role == "tool" for m in totals.transcript)
         return TicketResolved(answer=run.action.answer, path="agent", resolution_key=run.action.resolution_key,
                               cacheable=not looked_up, cache_text=ticket.cache_text,
-                              confidence=run.action.confidence, **common)  # type: ignore[arg-type]
+                              confidence=run.action.confidence, **carried_embedding(ticket, not looked_up),
+                              **common)  # type: ignore[arg-type]
     return TicketResolved(answer=HANDOFF_ANSWER, path="escalated", escalation_reason=run.escalation or "agent",
                           **common)  # type: ignore[arg-type]
 

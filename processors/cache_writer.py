@@ -57,13 +57,18 @@ class CacheWriter:
         if why_not is not None:
             return Emit((), note=f"skipped:{why_not}")
         assert resolved.resolution_key is not None and resolved.cache_text is not None
+        text = redact(resolved.cache_text)
+        # the cache stage's vector, when it is a vector of the very text stored (nothing redacted here)
+        carried = resolved.embedding is not None and text == resolved.cache_text
         update = CacheUpdate(
             tenant_id=resolved.tenant_id, op="upsert", created_at=resolved.resolved_at,
-            entry_id=entry_id_of(resolved.ticket_id, resolved.replay_tag), text=redact(resolved.cache_text),
+            entry_id=entry_id_of(resolved.ticket_id, resolved.replay_tag), text=text,
             answer=resolved.answer, resolution_key=resolved.resolution_key,
             kb_version=self.kb_versions.current(resolved.tenant_id),
             expires_at=resolved.resolved_at + self.ttl_ms, source=resolved.path,
             model_tier=resolved.models[-1] if resolved.path == "agent" and resolved.models else None,
             confidence=resolved.confidence if resolved.path == "agent" else None,
+            embedding=resolved.embedding if carried else None,
+            embedding_model=resolved.embedding_model if carried else None,
         )
         return Emit((Output("cache.updates", resolved.tenant_id, update),))

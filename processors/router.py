@@ -164,17 +164,18 @@ class Router:
         if decision.kind == "template":
             assert decision.answer is not None
             resolved = _resolved(ticket, decision.answer, "rule", key, self.name, now)
-            resolved = dataclasses.replace(resolved, cacheable=rule.generic)
+            resolved = dataclasses.replace(resolved, cacheable=rule.generic, **carried_embedding(ticket, rule.generic))
             return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
-        # the state carried on: without the embedding (1.5 KB that nothing downstream reads)
-        stamped = dataclasses.replace(ticket, stage_times={**ticket.stage_times, self.name: now}, embedding=None,
-                                      embedding_model=None)
+        # the state carried on; the embedding (1.5 KB) only to the agent, whose answer hands it to
+        # the cache writer (a direct tool answer is never cached)
+        stamped = dataclasses.replace(ticket, stage_times={**ticket.stage_times, self.name: now})
+        bare = dataclasses.replace(stamped, embedding=None, embedding_model=None)
         if decision.kind == "tool":
             assert rule.tool is not None
             call = ToolCall(call_id=router_call_id(run_id(ticket.ticket_id, ticket.replay_tag), rule.tool),
                             ticket_id=ticket.ticket_id,
                             tenant_id=ticket.tenant_id, tool=rule.tool, arguments=canonical(decision.arguments),
-                            route=rule.name, reply_to="router", requested_at=now, step=pack(stamped))
+                            route=rule.name, reply_to="router", requested_at=now, step=pack(bare))
             return Emit((Output("tools.calls", ticket.ticket_id, call),))
         if not self.agent_enabled:
             resolved = escalate(ticket, f"{AGENT_UNAVAILABLE}: route {rule.name}", self.name, now)
@@ -226,6 +227,14 @@ class RouterToolResults:
 def _escalated(ticket: TicketSubmitted, reason: str, now: int) -> Emit:
     resolved = escalate(ticket, reason, "answer", now)
     return Emit((Output("tickets.responses", ticket.ticket_id, resolved),))
+
+
+def carried_embedding(ticket: TicketSubmitted, cacheable: bool) -> dict[str, Any]:
+    """The cache stage's embedding, for a resolution the cache writer may write back: its
+    replicas then store the vector instead of encoding the text again (1.5 KB, only then)."""
+    if not cacheable or ticket.embedding is None:
+        return {}
+    return {"embedding": ticket.embedding, "embedding_model": ticket.embedding_model}
 
 
 def _resolved(ticket: TicketSubmitted, answer: str, path: str, key: str, stage: str, now: int) -> TicketResolved:

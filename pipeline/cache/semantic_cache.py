@@ -106,6 +106,7 @@ class SemanticCache:
         self.ttl_ms = ttl_s * 1000
         self.chunk = chunk
         self._written_since_optimize = 0
+        self.encoded_upserts = 0  # upserts that came without a vector of this model (encoded here)
         #: set when enough was written that the upkeep should index it now, not at its next round
         self.upkeep_due = threading.Event()
         self._lock = threading.Lock()  # the index is shared by the lookup and follower threads
@@ -250,7 +251,7 @@ class SemanticCache:
     def _upsert(self, updates: Sequence[CacheUpdate]) -> None:
         if not updates:
             return
-        vectors = self.embedder.encode([redact(u.text or "") for u in updates])
+        vectors = self._vectors(updates)
         by_tenant: dict[str, list[int]] = {}
         for i, update in enumerate(updates):
             by_tenant.setdefault(update.tenant_id, []).append(i)
@@ -263,6 +264,22 @@ class SemanticCache:
             entries = [_stored(updates[i]) for i in rows]
             with self._lock:
                 self.index.upsert(tenant, entries, np.asarray(vectors[rows]))
+
+    def _vectors(self, updates: Sequence[CacheUpdate]) -> Vectors:
+        """The vectors that came with the upserts (same model), the rest encoded here."""
+        dim = self.embedder.dim
+        vectors = np.zeros((len(updates), dim), dtype=np.float32)
+        missing = []
+        for i, update in enumerate(updates):
+            if update.embedding is not None and update.embedding_model == self.embedder.name \
+                    and len(update.embedding) == 4 * dim:
+                vectors[i] = np.frombuffer(update.embedding, dtype="<f4")
+            else:
+                missing.append(i)
+        if missing:
+            vectors[missing] = self.embedder.encode([redact(updates[i].text or "") for i in missing])
+        self.encoded_upserts += len(missing)
+        return vectors
 
     def maintain(self) -> None:
         """Periodic upkeep: drop expired entries, and build the HNSW index of new entries.

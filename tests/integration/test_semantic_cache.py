@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +94,20 @@ def test_upkeep_indexes_new_entries_and_drops_expired_ones(cache: SemanticCache)
     clock.now = 1_000_000 + 60_001
     cache.maintain()
     assert cache.index.count("acme") == 0
+
+
+def test_an_upsert_that_brings_its_vector_is_not_encoded_again(cache: SemanticCache) -> None:
+    text = "I want to change my PIN"
+    vector = cache.embedder.encode([text])[0].astype("<f4").tobytes()
+    before = cache.encoded_upserts
+    carried = dataclasses.replace(cache.entry("acme", "pin-1", text, "answer about change_pin", "change_pin"),
+                                  embedding=vector, embedding_model=cache.embedder.name)
+    cache.apply([carried])
+    assert cache.encoded_upserts == before  # stored as it came
+    verdict = cache.lookup("acme", "I want to change my PIN")
+    assert verdict.entry_id == "pin-1" and verdict.similarity is not None and verdict.similarity > 0.999
+    # a vector of another model is never mixed in: the text is encoded here
+    other = dataclasses.replace(cache.entry("acme", "pin-2", "how do I change my PIN?", "answer", "change_pin"),
+                                embedding=vector, embedding_model="another-model")
+    cache.apply([other])
+    assert cache.encoded_upserts == before + 1

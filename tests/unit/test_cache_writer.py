@@ -54,3 +54,16 @@ def test_never_stored(change: dict[str, object], reason: str) -> None:
 def test_never_keys_are_not_stored() -> None:
     outcome = written(ANSWERED, never=("card_arrival",))
     assert outcome.outputs == () and outcome.note == "skipped:never_key"
+
+
+def test_the_cache_stages_vector_goes_along_only_for_the_very_text_stored() -> None:
+    vector = bytes(range(16))
+    with_vector = dataclasses.replace(ANSWERED, embedding=vector, embedding_model="m")
+    (output,) = written(with_vector).outputs
+    assert isinstance(output.event, CacheUpdate)
+    assert (output.event.embedding, output.event.embedding_model) == (vector, "m")
+    # text that still needed redacting here: the vector was of other text, so it stays behind
+    leaky = dataclasses.replace(with_vector, cache_text="card 4111 1111 1111 1111 lost")
+    (output,) = written(leaky).outputs
+    assert isinstance(output.event, CacheUpdate)
+    assert output.event.embedding is None and output.event.embedding_model is None

@@ -164,12 +164,16 @@ def test_results_for_the_agent_are_left_to_it(router: Router) -> None:
     assert isinstance(outcome, Emit) and outcome.outputs == ()
 
 
-def test_the_cache_stages_embedding_is_reused_and_not_carried_on(router: Router) -> None:
+def test_the_cache_stages_embedding_is_reused_and_carried_only_where_an_answer_may_be_cached(
+        router: Router) -> None:
     vector = unit(INTENTS.index("exchange_rate")).astype("<f4").tobytes()
     reused = ticket("a question the table encoder cannot place", embedding=vector, embedding_model="table")
     _, event = only(router.handle(reused, "o"))
     assert isinstance(event, TicketResolved) and event.resolution_key == "exchange_rate"  # from the vector
     assert router.encoded == 0
+    # a cacheable template answer takes the vector along to the cache writer
+    assert event.path == "rule" and event.cacheable
+    assert (event.embedding, event.embedding_model) == (vector, "table")
     other_model = ticket("about exchange_rate", embedding=vector, embedding_model="another-model")
     only(router.handle(other_model, "o"))
     assert router.encoded == 1  # a vector of another model is never mixed in: embedded again
