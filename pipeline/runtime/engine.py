@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from pipeline.errors import TicketflowError
 from pipeline.metrics import RuntimeMetrics
@@ -374,10 +374,23 @@ class Engine:
 
     def _assigned(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         if self.binding.concurrent and partitions:
-            for tp in consumer.committed(partitions, timeout=30):
+            for tp in self._committed(consumer, partitions):
                 self.ahead[(tp.topic, tp.partition)] = decode_ahead(tp.offset, tp.metadata)
         if self._paused and partitions:
             consumer.pause(partitions)
+
+    def _committed(self, consumer: Any, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The committed offsets and their metadata. Without them the records answered ahead
+        would be answered again, so a broker that does not say is waited for, then fatal."""
+        for attempt in range(1, 6):
+            try:
+                return list(consumer.committed(partitions, timeout=30))
+            except KafkaException as exc:
+                if attempt == 5:
+                    raise
+                log.warning("%s: reading the committed offsets failed (%s); retrying", self.binding.name, exc)
+                time.sleep(attempt)
+        raise AssertionError("unreachable")
 
     def _revoked(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
