@@ -90,6 +90,11 @@ class TicketResolved:
     def from_record(cls, record: dict[str, Any]) -> TicketResolved:
         return cls(**record)
 
+    def for_readers(self) -> TicketResolved:
+        """Without the cache's embedding (1.5 KB of float32 for the cache writer): what JSON
+        readers (``results --json``, the JSON egress) get."""
+        return dataclasses.replace(self, embedding=None, embedding_model=None)
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:

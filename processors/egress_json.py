@@ -7,8 +7,6 @@ transaction that consumes the original.
 
 from __future__ import annotations
 
-import dataclasses
-
 from pipeline.events import TicketResolved
 from pipeline.processing import Emit, Outcome, Output
 
@@ -17,6 +15,4 @@ class JsonEgress:
     name = "egress-json"
 
     def handle(self, resolved: TicketResolved, origin: str) -> Outcome:
-        # without the cache's embedding: 1.5 KB of float32 is nothing a JSON reader wants
-        copy = dataclasses.replace(resolved, embedding=None, embedding_model=None)
-        return Emit((Output("tickets.responses.json", resolved.ticket_id, copy),))
+        return Emit((Output("tickets.responses.json", resolved.ticket_id, resolved.for_readers()),))

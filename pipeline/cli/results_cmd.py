@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 distinct.add(resolved.ticket_id)
                 bar.update()
             if args.json:
-                print(json.dumps(to_record(resolved)), flush=True)
+                print(json.dumps(to_record(resolved.for_readers())), flush=True)
             else:
                 reason = f" ({resolved.escalation_reason})" if resolved.escalation_reason else ""
                 print(f"{resolved.ticket_id}\t{resolved.path}{reason}\t"

@@ -177,3 +177,14 @@ def test_confluent_framing_with_a_schema_registry() -> None:
     with pytest.raises(DecodeError, match="no schema registry"):
         plain.decode("TicketSubmitted", data)
     assert framed.decode("TicketSubmitted", plain.encode("TicketSubmitted", to_record(ticket)))["body"] == "hello"
+
+
+def test_what_json_readers_get_of_an_answer_leaves_the_caches_vector_behind() -> None:
+    import json
+
+    from pipeline.events import TicketResolved, to_record
+
+    answer = TicketResolved(ticket_id="t", tenant_id="a", answer="x", path="rule", created_at=1, resolved_at=2,
+                            embedding=b"\x00" * 1536, embedding_model="m")
+    shown = json.loads(json.dumps(to_record(answer.for_readers())))
+    assert shown["embedding"] is None and shown["embedding_model"] is None and shown["answer"] == "x"
