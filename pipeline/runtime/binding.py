@@ -42,7 +42,8 @@ class Binding:
     topic names; records decode with ``input_schema`` (JSON too when ``allow_json``) and
     become events with ``from_record``. Exactly one of ``handle_batch`` and
     ``start``/``finish`` is given; ``max_in_flight`` bounds the records started and not
-    yet committed of a concurrent processor.
+    yet committed of a concurrent processor. A ``background`` processor (no customer waits
+    on it) commits less often, in bigger transactions.
     """
 
     name: str
@@ -54,6 +55,8 @@ class Binding:
     start: Callable[[Any, str], Future[Any]] | None = None
     finish: Callable[[Any, Any], Outcome] | None = None
     max_in_flight: int = 256
+    #: no customer waits on its outputs: it commits every ``background_commit_interval_ms``
+    background: bool = False
 
     def __post_init__(self) -> None:
         if (self.handle_batch is None) == (self.start is None or self.finish is None):

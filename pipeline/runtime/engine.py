@@ -105,18 +105,26 @@ class Engine:
         self.kafka: Transactions | None = None
 
     @property
+    def interval_ms(self) -> int:
+        """How long a consume waits for records to fill a batch (and so the commit interval)."""
+        if self.binding.background:
+            return self.settings.background_commit_interval_ms
+        return self.settings.commit_interval_ms
+
+    @property
     def in_flight(self) -> int:
         return sum(len(q) for q in self.pending.values())
 
     def run(self) -> None:
         kafka = self.kafka = Transactions(self.binding.name, self.settings, self.serde, self.instance_id,
-                                          self.metrics)
+                                          self.metrics,
+                                          fetch_wait_ms=self.interval_ms if self.binding.background else 50)
         try:
             kafka.start(self.topics, self._assigned, self._revoked)
             log.info("%s: consuming %s as %s (%s, up to %d in flight)", self.binding.name, self.topics,
                      kafka.transactional_id, "concurrent" if self.binding.concurrent else "in order",
                      self.max_in_flight)
-            interval_s = self.settings.commit_interval_ms / 1000
+            interval_s = self.interval_ms / 1000
             while not self.stop.is_set():
                 if self.stall is not None and self.stall.over():
                     self.stall = None

@@ -152,7 +152,7 @@ def _cache_writer(ctx: WorkerContext) -> list[Binding]:
     writer = CacheWriter(RedisKbVersions(ctx.redis(), ctx.key_prefix()), ctx.settings.cache_ttl_s,
                          ctx.settings.cache_never_keys)
     return [Binding(writer.name, ("tickets.responses",), "TicketResolved", TicketResolved.from_record,
-                    handle_batch=per_record(writer.name, writer.handle))]
+                    handle_batch=per_record(writer.name, writer.handle), background=True)]
 
 
 def _cache_audit(ctx: WorkerContext) -> list[Binding]:
@@ -166,9 +166,9 @@ def _cache_audit(ctx: WorkerContext) -> list[Binding]:
     feedback = CacheFeedbackApplier(SystemClock())
     return [
         Binding(auditor.name, ("tickets.replay.responses",), "TicketResolved", TicketResolved.from_record,
-                handle_batch=per_record(auditor.name, auditor.handle)),
+                handle_batch=per_record(auditor.name, auditor.handle), background=True),
         Binding(feedback.name, ("tickets.feedback",), "CacheFeedback", CacheFeedback.from_record,
-                handle_batch=per_record(feedback.name, feedback.handle), allow_json=True),
+                handle_batch=per_record(feedback.name, feedback.handle), allow_json=True, background=True),
     ]
 
 
@@ -254,9 +254,10 @@ def _accounting(ctx: WorkerContext) -> list[Binding]:
                             lambda tenant: settings.tenant_budgets.get(tenant, settings.tenant_daily_budget_micros))
     return [
         Binding(tickets.name, ("tickets.responses", "tickets.replay.responses"), "TicketResolved",
-                TicketResolved.from_record, handle_batch=per_record(tickets.name, tickets.handle)),
+                TicketResolved.from_record, handle_batch=per_record(tickets.name, tickets.handle),
+                background=True),
         Binding(usage.name, ("llm.usage",), "UsageRecord", UsageRecord.from_record,
-                handle_batch=usage.handle_batch),
+                handle_batch=usage.handle_batch, background=True),
     ]
 
 

@@ -51,7 +51,7 @@ def egress_topic(output: Output) -> str:
 
 class Transactions:
     def __init__(self, name: str, settings: Settings, serde: AvroSerde, instance_id: str,
-                 metrics: RuntimeMetrics) -> None:
+                 metrics: RuntimeMetrics, fetch_wait_ms: int = 50) -> None:
         self.name = name
         self.settings = settings
         self.serde = serde
@@ -73,7 +73,7 @@ class Transactions:
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 4),
             "max.poll.interval.ms": 300_000,
-            "fetch.wait.max.ms": 50,
+            "fetch.wait.max.ms": fetch_wait_ms,
         })
         self.producer: Any = Producer({
             **common,
@@ -85,13 +85,28 @@ class Transactions:
             "compression.type": "lz4",
             "message.max.bytes": PRODUCER_MAX_BYTES,
             "transaction.timeout.ms": settings.transaction_timeout_ms,
+            # A transaction begun right after a commit meets CONCURRENT_TRANSACTIONS until the
+            # broker has written the last one's markers; librdkafka waits retry.backoff.ms
+            # (100 ms by default) before asking again. Java's producer special-cases 20 ms.
+            "retry.backoff.ms": 20,
         })
+        #: KIP-447's group metadata changes only with the group's generation: asked for once
+        #: per assignment (the call waits on librdkafka's thread while holding the GIL)
+        self._group_metadata: Any = None
 
     def start(self, topics: list[str], on_assign: Callable[..., None], on_revoke: Callable[..., None]) -> None:
         # Fences a previous incarnation with this transactional.id and aborts its open
         # transaction, so a restarted worker never waits for the broker's timeout.
         self.producer.init_transactions(60)
-        self.consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+        def assigned(consumer: Any, partitions: list[TopicPartition]) -> None:
+            self._group_metadata = None
+            on_assign(consumer, partitions)
+
+        def revoked(consumer: Any, partitions: list[TopicPartition]) -> None:
+            self._group_metadata = None
+            on_revoke(consumer, partitions)
+
+        self.consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def close(self) -> None:
         self.consumer.close()
@@ -169,12 +184,19 @@ class Transactions:
         if self._commits == self.settings.crash_before_commit:
             self._crash_mid_transaction()
         try:
+            # Outputs first: their AddPartitionsToTxn is retried at once when the previous
+            # transaction's markers are still being written, where AddOffsetsToTxn, sent first,
+            # waited retry.backoff.ms (measured: 63 ms a transaction back to back, 4.8 flushed).
+            self.producer.flush(self.settings.transaction_timeout_ms / 1000)
+            if self._group_metadata is None:
+                self._group_metadata = self.consumer.consumer_group_metadata()
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, o, metadata=m) if m else TopicPartition(t, p, o)
                  for (t, p), (o, m) in offsets.items()],
-                self.consumer.consumer_group_metadata(), 60)
+                self._group_metadata, 60)
             self._commit_with_retry()
         except KafkaException as exc:
+            self._group_metadata = None  # a new generation fences the old metadata: ask again
             error: KafkaError = exc.args[0]
             if error.txn_requires_abort():
                 log.warning("%s: transaction aborted (%s); %d records to redo", self.name, error, len(records))
