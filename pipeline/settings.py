@@ -61,8 +61,9 @@ class Settings(BaseSettings):
     # over two hops at 200 tickets/s (300 ms target) while under load batches still fill to
     # max_batch; shorter intervals cost a transaction every few records (bench/pipeline_bench.py).
     commit_interval_ms: int = Field(default=25, ge=1)
-    # Processors no customer waits on (accounting, the cache writer, audit, feedback) commit
-    # at most this often: every transaction costs the broker ~4 ms of CPU (README, Benchmark).
+    # Processors no customer waits on (accounting, the cache audit, feedback) commit at most
+    # this often: every transaction costs the broker ~4 ms of CPU (README, Benchmark). The
+    # cache writer is not one of them: how soon the cache learns an answer is hits.
     background_commit_interval_ms: int = Field(default=500, ge=1)
     max_batch: int = Field(default=500, ge=1)
     # A killed worker's open transaction blocks read_committed readers until it is aborted:

@@ -152,7 +152,7 @@ def _cache_writer(ctx: WorkerContext) -> list[Binding]:
     writer = CacheWriter(RedisKbVersions(ctx.redis(), ctx.key_prefix()), ctx.settings.cache_ttl_s,
                          ctx.settings.cache_never_keys)
     return [Binding(writer.name, ("tickets.responses",), "TicketResolved", TicketResolved.from_record,
-                    handle_batch=per_record(writer.name, writer.handle), background=True)]
+                    handle_batch=per_record(writer.name, writer.handle))]
 
 
 def _cache_audit(ctx: WorkerContext) -> list[Binding]:
