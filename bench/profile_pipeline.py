@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.procstat import cpu_seconds
 from bench.runtime_bench import fresh, tickets
 from pipeline.client import TicketflowClient
 from pipeline.settings import load_settings
@@ -52,10 +52,6 @@ def summarise(collapsed: Path, top: int) -> None:
             print(f"{100 * n / total:5.1f}%  {name[:160]}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (/proc; every thread, native ones included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:

@@ -18,21 +18,15 @@ until the broker has written the last one's markers; librdkafka then waits retry
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from bench.procstat import cpu_seconds
 from pipeline.settings import load_settings
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def broker_pid() -> int | None:
