@@ -336,7 +336,7 @@ def create_app(settings: Settings) -> FastAPI:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             return unavailable("redis", exc)
         key = (tenant, ticket_id)
-        queue = gateway.fanout.listen(key) if wait > 0 else None
+        queue = gateway.fanout.listen(key, progress=False) if wait > 0 else None
         try:
             try:
                 producing_ms = time.time() * 1000
@@ -358,7 +358,7 @@ def create_app(settings: Settings) -> FastAPI:
                                 status_code=202, headers={"Location": location})
         finally:
             if queue is not None:
-                gateway.fanout.unlisten(key, queue)
+                gateway.fanout.unlisten(key, queue, progress=False)
 
     @app.get("/v1/tickets/{ticket_id}", response_model=Resolved,
              responses={202: {"model": Accepted, "description": "accepted, not answered yet"},
@@ -367,9 +367,9 @@ def create_app(settings: Settings) -> FastAPI:
                          x_api_key: str | None = Header(None)) -> Response:
         gateway = gw(request)
         tenant = await tenant_of(request, authorization, x_api_key)
-        done = [e for e in gateway.fanout.history((tenant, ticket_id)) if e.id == RESOLVED]
-        if done:
-            return JSONResponse(done[0].data)
+        done = gateway.fanout.resolved((tenant, ticket_id))
+        if done is not None:
+            return JSONResponse(done.data)
         try:
             known = await gateway.status.get(tenant, ticket_id)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -450,9 +450,9 @@ def create_app(settings: Settings) -> FastAPI:
 
 async def _resolution(gateway: Gateway, key: tuple[str, str], queue: asyncio.Queue[Progress],
                       wait: float) -> Progress | None:
-    done = [e for e in gateway.fanout.history(key) if e.id == RESOLVED]
-    if done:
-        return done[0]
+    done = gateway.fanout.resolved(key)
+    if done is not None:
+        return done
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         left = deadline - asyncio.get_running_loop().time()

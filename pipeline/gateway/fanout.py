@@ -12,6 +12,13 @@ Resolutions are also written to Redis (:class:`~pipeline.gateway.status.TicketSt
 ``GET /v1/tickets/{id}`` answers after the events have left memory or the process. On start
 the consumer begins ``catchup_s`` seconds back (``offsets_for_times``): answers produced
 while no gateway ran are recorded too.
+
+Only resolutions are decoded as they come. A progress record (an accepted ticket, a cache
+miss, an agent step with its whole transcript) is kept as its bytes, under the ticket id of
+its Kafka key, and decoded when someone asks: an event stream listening to that ticket (then
+at once, on the consumer's thread) or a resumed stream reading its history. Decoding every
+progress record cost the gateway's process most of its CPU at 200 requests/s, and held
+the interpreter lock while waiting requests were due to be woken.
 """
 
 from __future__ import annotations
@@ -58,10 +65,20 @@ def resolution(answer: TicketResolved) -> dict[str, Any]:
             "cost_usd": round(answer.cost_micros / 1e6, 6), "end_to_end_ms": answer.end_to_end_ms}
 
 
+@dataclass(frozen=True)
+class _Raw:
+    """A progress record not decoded yet (nobody listened to its ticket when it came)."""
+
+    topic: str  # the catalog name
+    value: bytes
+    seen_ms: float
+
+
 @dataclass
 class _Ticket:
     events: list[Progress] = field(default_factory=list)
     listeners: list[asyncio.Queue[Progress]] = field(default_factory=list)
+    streams: int = 0  # listeners that want every progress event, not only the resolution
 
 
 class FanOut:
@@ -77,6 +94,12 @@ class FanOut:
         self.catchup_s = catchup_s
         self.keep = keep
         self.tickets: OrderedDict[Key, _Ticket] = OrderedDict()
+        #: undecoded progress records by ticket id (the tenant is inside the record)
+        self.raw: OrderedDict[str, list[_Raw]] = OrderedDict()
+        #: ticket ids whose progress records the consumer decodes as they come (an event
+        #: stream listens); read by the consumer's thread, changed by the event loop
+        self.streamed: set[str] = set()
+        self.decoded = 0  # records decoded, by the consumer and on demand (for the benchmark)
         self.topics = {settings.topic_prefix + t: t for t in ("tickets.accepted", "tickets.uncached",
                                                               "agent.steps.interactive", "agent.steps.batch",
                                                               "tickets.responses")}
@@ -96,19 +119,45 @@ class FanOut:
     # -- the event loop's side -------------------------------------------------------------
 
     def history(self, key: Key) -> list[Progress]:
+        self._decode_raw(key[1])
         ticket = self.tickets.get(key)
         return list(ticket.events) if ticket is not None else []
 
-    def listen(self, key: Key) -> asyncio.Queue[Progress]:
-        """A queue of ``key``'s events from now on (call :meth:`unlisten` when done)."""
+    def resolved(self, key: Key) -> Progress | None:
+        """The ticket's resolution when this process has read it (its progress left undecoded)."""
+        ticket = self.tickets.get(key)
+        return next((e for e in ticket.events if e.id == RESOLVED), None) if ticket is not None else None
+
+    def listen(self, key: Key, progress: bool = True) -> asyncio.Queue[Progress]:
+        """A queue of ``key``'s events from now on (call :meth:`unlisten` when done); with
+        ``progress=False`` the resolution is all the listener waits for, and the ticket's
+        progress records stay undecoded."""
         queue: asyncio.Queue[Progress] = asyncio.Queue()
-        self._ticket(key).listeners.append(queue)
+        ticket = self._ticket(key)
+        ticket.listeners.append(queue)
+        if progress:
+            ticket.streams += 1
+            self.streamed.add(key[1])
         return queue
 
-    def unlisten(self, key: Key, queue: asyncio.Queue[Progress]) -> None:
+    def unlisten(self, key: Key, queue: asyncio.Queue[Progress], progress: bool = True) -> None:
         ticket = self.tickets.get(key)
         if ticket is not None and queue in ticket.listeners:
             ticket.listeners.remove(queue)
+            if progress:
+                ticket.streams -= 1
+                if ticket.streams <= 0:
+                    self.streamed.discard(key[1])
+
+    def _decode_raw(self, ticket_id: str) -> None:
+        """The ticket's undecoded progress records, decoded and delivered now."""
+        pending = self.raw.pop(ticket_id, None)
+        if not pending:
+            return
+        items: list[tuple[Key, Progress]] = []
+        for raw in pending:
+            items.extend(self._decoded(raw.topic, raw.value, raw.seen_ms))
+        self._deliver(items, [])
 
     def _ticket(self, key: Key) -> _Ticket:
         ticket = self.tickets.get(key)
@@ -121,7 +170,14 @@ class FanOut:
                 del self.tickets[old_key]
         return ticket
 
-    def _deliver(self, items: list[tuple[Key, Progress]]) -> None:
+    def _deliver(self, items: list[tuple[Key, Progress]], raw: list[tuple[str, _Raw]]) -> None:
+        for ticket_id, record in raw:
+            if ticket_id in self.streamed:  # a stream began listening after the consumer looked
+                items = [*items, *self._decoded(record.topic, record.value, record.seen_ms)]
+                continue
+            self.raw.setdefault(ticket_id, []).append(record)
+            while len(self.raw) > self.keep:
+                self.raw.popitem(last=False)
         for key, progress in items:
             ticket = self._ticket(key)
             if any(e.id == progress.id for e in ticket.events):
@@ -182,6 +238,7 @@ class FanOut:
 
     def _handle(self, messages: list[Any]) -> None:
         items: list[tuple[Key, Progress]] = []
+        raw: list[tuple[str, _Raw]] = []
         resolved: list[tuple[Key, dict[str, Any]]] = []
         for message in messages:
             if message.error() is not None:
@@ -190,22 +247,33 @@ class FanOut:
                 continue
             self._read_to[message.topic(), message.partition()] = message.offset() + 1
             topic = self.topics.get(message.topic(), "")
-            try:
-                found = self._progress(topic, message.value())
-            except Exception as exc:  # a record the pipeline dead-letters; not the gateway's to judge
-                log.debug("gateway fan-out: skipping an undecodable record of %s: %s", topic, exc)
-                continue
             seen = time.time() * 1000
-            for key, progress in found:
-                progress = Progress(progress.id, progress.event, progress.data, seen)
-                items.append((key, progress))
-                if progress.id == RESOLVED:
-                    resolved.append((key, progress.data))
-            self.lag_ms = max(0.0, time.time() * 1000 - message.timestamp()[1])
-        if items:  # waiters first (GET reads memory before Redis), then Redis, however long it is down
-            self.loop.call_soon_threadsafe(self._deliver, items)
+            self.lag_ms = max(0.0, seen - message.timestamp()[1])
+            key = message.key()
+            ticket_id = key.decode("utf-8", "replace") if key else None
+            if topic != "tickets.responses" and ticket_id is not None and ticket_id not in self.streamed:
+                raw.append((ticket_id, _Raw(topic, message.value(), seen)))  # decoded if someone asks
+                continue
+            for found in self._decoded(topic, message.value(), seen):
+                items.append(found)
+                if found[1].id == RESOLVED:
+                    resolved.append((found[0], found[1].data))
+        if items or raw:  # waiters first (GET reads memory before Redis), then Redis, however long it is down
+            self.loop.call_soon_threadsafe(self._deliver, items, raw)
         if resolved:
             self.record_resolved(resolved)
+
+    def _decoded(self, topic: str, value: bytes, seen_ms: float) -> list[tuple[Key, Progress]]:
+        """A record's progress events, stamped with when this gateway read it (none for a
+        record the pipeline dead-letters: not the gateway's to judge)."""
+        try:
+            found = self._progress(topic, value)
+        except Exception as exc:
+            log.debug("gateway fan-out: skipping an undecodable record of %s: %s", topic, exc)
+            return []
+        finally:
+            self.decoded += 1
+        return [(key, Progress(progress.id, progress.event, progress.data, seen_ms)) for key, progress in found]
 
     def _progress(self, topic: str, value: bytes) -> list[tuple[Key, Progress]]:
         if topic == "tickets.responses":

@@ -34,6 +34,9 @@ class _Message:
     def value(self) -> bytes:
         return b"not avro"  # skipped as undecodable; only the position matters here
 
+    def key(self) -> bytes | None:
+        return None
+
     def timestamp(self) -> tuple[int, int]:
         return (1, 0)
 
