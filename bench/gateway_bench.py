@@ -92,13 +92,25 @@ async def load(url: str, key: str, rate: float, seconds: float, texts: list[str]
             "overheads": sorted(round(e2e - pipe, 2) for e2e, pipe in answered)}
 
 
+def pin(pid: int, cpus: str) -> None:
+    """Every thread of ``pid`` and of its descendants onto ``cpus`` (taskset's list syntax)."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True)
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for child in children:
+        pin(int(child), cpus)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 200.0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--split-cpus", action="store_true",
+                        help="the gateway and the load generator on CPU 1, the worker on CPU 0 (the broker and "
+                             "Redis anywhere): the gateway with a core of its own, as a deployment of its own has")
     args = parser.parse_args()
 
+    from bench.procstat import cpu_seconds
     from pipeline import services
     from pipeline.admin import apply_topics, delete_topics
     from pipeline.datasets import banking77_split
@@ -107,6 +119,11 @@ def main() -> int:
     from pipeline.runtime.context import redis_client
     from pipeline.settings import load_settings
 
+    try:  # the load generator's own event loop is part of what it measures: the fast one
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
     base = load_settings()
     services.up(base, adopt=True)
     settings = base.model_copy(update={"topic_prefix": f"gwbench-{uuid.uuid4().hex[:6]}."})
@@ -136,8 +153,18 @@ def main() -> int:
         _, held = banking77_split()
         texts = [q.text for q in held]
         asyncio.run(load(url, key, 5, 4, texts))  # warm-up: group joins, the model, the cache
+        if args.split_cpus:
+            for worker in workers:
+                pin(worker.pid, "0")
+            pin(gateway.pid, "1")
+            pin(os.getpid(), "1")
+            report["split_cpus"] = {"gateway and load generator": "1", "worker": "0", "broker and Redis": "any"}
         for rate in args.rates:
+            cpu_before = cpu_seconds(gateway.pid)
             run = asyncio.run(load(url, key, rate, args.seconds, texts))
+            # the gateway's CPU (every thread: HTTP, the fan-out, the producer) per request
+            run["gateway_cpu_ms_per_request"] = round((cpu_seconds(gateway.pid) - cpu_before) * 1000
+                                                      / max(1, run["sent"]), 3)
             say(f"gateway-bench: {rate:g}/s: overhead {run['overhead_ms']}, codes {run['codes']}")
             report["runs"].append(run)
     finally:
@@ -146,7 +173,8 @@ def main() -> int:
         stop_workers(workers)
         delete_topics(settings)
     report["command"] = ("PYTHONPATH=. .venv/bin/python bench/gateway_bench.py --rates "
-                         + " ".join(f"{r:g}" for r in args.rates) + f" --seconds {args.seconds:g}")
+                         + " ".join(f"{r:g}" for r in args.rates) + f" --seconds {args.seconds:g}"
+                         + (" --split-cpus" if args.split_cpus else ""))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway_bench.json").write_text(json.dumps(report, indent=2))
     plot(report, args.out / "gateway_bench.png")

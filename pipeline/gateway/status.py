@@ -24,20 +24,39 @@ log = logging.getLogger(__name__)
 TICKET_TTL_S = 7 * 24 * 3600
 IDEMPOTENCY_TTL_S = 24 * 3600
 
+#: The tenant's rate limit (GCRA_SCRIPT's) and, when the request is admitted, the ticket's
+#: pending mark, in one round trip: KEYS[1] the bucket, KEYS[2] the ticket; ARGV interval
+#: (us), burst, the pending JSON, its TTL (s). Returns 0 (admitted and marked) or the wait in us.
+ADMIT_SCRIPT = GCRA_SCRIPT.replace(
+    "return 0\n", "redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', tonumber(ARGV[4]))\nreturn 0\n")
+if ADMIT_SCRIPT.count("KEYS[2]") != 1:
+    raise RuntimeError("GCRA_SCRIPT changed shape: ADMIT_SCRIPT no longer marks the ticket pending")
+
 
 class TicketStatus:
     def __init__(self, client: aioredis.Redis[bytes], key_prefix: str) -> None:
         self.client = client
         self.key_prefix = key_prefix
         self._gcra = client.register_script(GCRA_SCRIPT)
+        self._admit = client.register_script(ADMIT_SCRIPT)
 
     def _key(self, tenant: str, ticket_id: str) -> str:
         return f"{self.key_prefix}gateway:ticket:{tenant}:{ticket_id}"
 
     async def pending(self, tenant: str, ticket_id: str, submitted_ms: int) -> None:
         """Accepted and not yet answered (never overwrites a resolution)."""
-        await self.client.set(self._key(tenant, ticket_id), json.dumps(
-            {"ticket_id": ticket_id, "status": "pending", "submitted_at": submitted_ms}), nx=True, ex=TICKET_TTL_S)
+        await self.client.set(self._key(tenant, ticket_id), _pending(ticket_id, submitted_ms), nx=True,
+                              ex=TICKET_TTL_S)
+
+    async def admit(self, tenant: str, ticket_id: str, submitted_ms: int, rate_per_s: float, burst: int) -> float:
+        """:meth:`rate_wait_s` and, when the request may go ahead, :meth:`pending`, in one round trip."""
+        wait_us = int(await self._admit(keys=[self._rate_key(tenant), self._key(tenant, ticket_id)],
+                                        args=[int(1_000_000 / rate_per_s), burst, _pending(ticket_id, submitted_ms),
+                                              TICKET_TTL_S]))
+        return wait_us / 1_000_000
+
+    def _rate_key(self, tenant: str) -> str:
+        return f"{self.key_prefix}ratelimit:gateway:{tenant}"
 
     async def forget(self, tenant: str, ticket_id: str) -> None:
         """A submission that never reached Kafka."""
@@ -63,9 +82,12 @@ class TicketStatus:
 
     async def rate_wait_s(self, tenant: str, rate_per_s: float, burst: int) -> float:
         """0 when the tenant may make a request now (and it is counted), else seconds to wait."""
-        wait_us = int(await self._gcra(keys=[f"{self.key_prefix}ratelimit:gateway:{tenant}"],
-                                       args=[int(1_000_000 / rate_per_s), burst]))
+        wait_us = int(await self._gcra(keys=[self._rate_key(tenant)], args=[int(1_000_000 / rate_per_s), burst]))
         return wait_us / 1_000_000
+
+
+def _pending(ticket_id: str, submitted_ms: int) -> str:
+    return json.dumps({"ticket_id": ticket_id, "status": "pending", "submitted_at": submitted_ms})
 
 
 def resolved_writer(client: redis.Redis[bytes], key_prefix: str,
