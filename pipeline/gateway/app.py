@@ -305,6 +305,7 @@ def create_app(settings: Settings) -> FastAPI:
                           wait: float = Query(0, ge=0, le=MAX_WAIT_S, description="seconds to wait for the answer"),
                           authorization: str | None = Header(None), x_api_key: str | None = Header(None),
                           idempotency_key: str | None = Header(None, max_length=255)) -> Response:
+        handling_ms = time.time() * 1000
         gateway = gw(request)
         tenant = await tenant_of(request, authorization, x_api_key)
         ticket_id = ticket.ticket_id or f"gw-{uuid.uuid4().hex}"
@@ -362,10 +363,17 @@ def create_app(settings: Settings) -> FastAPI:
                 if answer is not None:
                     # Server-Timing: the pipeline's share, what a Kafka client of its own would
                     # wait (from the produce call to the answer read back), so a client can tell
-                    # the gateway's own time (keys, limits, idempotency, HTTP) apart
+                    # the gateway's own time (keys, limits, idempotency, HTTP) apart; and the
+                    # handler's whole time (what is left of the client's time is HTTP, the
+                    # framework, and waiting for the event loop on either side); of it, what
+                    # came before the produce call and the wake-up (the fan-out read the answer)
+                    now_ms = time.time() * 1000
                     pipeline_ms = max(0.0, answer.seen_ms - producing_ms) if answer.seen_ms else 0.0
+                    wake_ms = max(0.0, now_ms - answer.seen_ms) if answer.seen_ms else 0.0
                     return JSONResponse(answer.data, status_code=200, headers={
-                        "Location": location, "Server-Timing": f"pipeline;dur={pipeline_ms:.1f}"})
+                        "Location": location,
+                        "Server-Timing": f"pipeline;dur={pipeline_ms:.1f}, handler;dur={now_ms - handling_ms:.1f}, "
+                                         f"admit;dur={producing_ms - handling_ms:.1f}, wake;dur={wake_ms:.1f}"})
             return JSONResponse({"ticket_id": ticket_id, "status": "pending", "location": location},
                                 status_code=202, headers={"Location": location})
         finally:

@@ -43,6 +43,8 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 ACCEPTED, CACHE, ROUTED, AGENT, RESOLVED = 10, 20, 30, 40, 90
+#: decoded events handed to the event loop at a time (a consumed batch holds up to 500 records)
+DELIVER_EVERY = 32
 Key = tuple[str, str]  # (tenant, ticket id)
 
 
@@ -258,6 +260,9 @@ class FanOut:
                 items.append(found)
                 if found[1].id == RESOLVED:
                     resolved.append((found[0], found[1].data))
+            if len(items) >= DELIVER_EVERY:  # a big batch: wake the first waiters before decoding the rest
+                self.loop.call_soon_threadsafe(self._deliver, items, raw)
+                items, raw = [], []
         if items or raw:  # waiters first (GET reads memory before Redis), then Redis, however long it is down
             self.loop.call_soon_threadsafe(self._deliver, items, raw)
         if resolved:
