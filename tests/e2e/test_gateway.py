@@ -6,6 +6,7 @@ requests wait."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -117,6 +118,12 @@ def test_a_posted_ticket_waits_for_its_answer_and_only_its_tenant_sees_it(stack:
     assert answer["status"] == "resolved" and answer["ticket_id"] == "gw-1"
     assert answer["path"] in ("cache", "rule", "tool", "agent", "escalated") and answer["answer"]
     assert posted.headers["Location"] == "/v1/tickets/gw-1"
+    # the gateway's time apart from the pipeline's: the handler's time is the part before the
+    # produce call, the pipeline's share and the wake-up (each rounded to 0.1 ms)
+    timing = {name: float(value) for name, value in re.findall(r"(\w+);dur=([0-9.]+)", posted.headers["Server-Timing"])}
+    assert set(timing) == {"pipeline", "handler", "admit", "wake"}, timing
+    assert timing["pipeline"] > 0
+    assert timing["handler"] == pytest.approx(timing["admit"] + timing["pipeline"] + timing["wake"], abs=0.3)
     mine = httpx.get(f"{stack.gateway.url}/v1/tickets/gw-1", headers={"Authorization": f"Bearer {stack.key}"})
     assert mine.status_code == 200 and mine.json()["answer"] == answer["answer"]
     theirs = httpx.get(f"{stack.gateway.url}/v1/tickets/gw-1", headers={"X-API-Key": stack.other_key})
