@@ -158,9 +158,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        too_big = error(413, "too_large", f"the request is over {self.max_bytes} bytes")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await too_big(scope, receive, send)
+            await self.too_big()(scope, receive, send)
             return
         seen = 0
 
@@ -176,7 +175,10 @@ class BodyLimit:
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await too_big(scope, receive, send)
+            await self.too_big()(scope, receive, send)
+
+    def too_big(self) -> JSONResponse:
+        return error(413, "too_large", f"the request is over {self.max_bytes} bytes")
 
 
 class _TooLarge(Exception):
