@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from pipeline.cache.index import StoredEntry
 from pipeline.cache.policy import Evidence, HitPolicy, Neighbour, evidence, judge
 from pipeline.datasets import LabelledQuery
 from pipeline.pii import redact
+
+if TYPE_CHECKING:
+    from pipeline.cache.semantic_cache import SecondOpinions
 
 BASELINE_THRESHOLD = 0.95
 EVAL_TENANT = "eval"
@@ -119,8 +122,10 @@ def _baseline(neighbours: Sequence[Neighbour], threshold: float) -> tuple[bool, 
 
 
 def evaluate(embedder: Embedder, seed: Sequence[LabelledQuery], queries: Sequence[LabelledQuery], policy: HitPolicy,
-             progress: Callable[[str, int, int], None] | None = None, chunk: int = 256) -> EvalResult:
-    """Seed a fresh Qdrant Edge shard with ``seed``, then judge every query."""
+             progress: Callable[[str, int, int], None] | None = None, chunk: int = 256,
+             opinions: SecondOpinions | None = None) -> EvalResult:
+    """Seed a fresh Qdrant Edge shard with ``seed``, then judge every query (with ``opinions``,
+    the router's classifier as the second opinion, as a worker's cache stage judges)."""
     batcher = MicroBatcher(embedder)
     try:
         with tempfile.TemporaryDirectory(prefix="ticketflow-cache-eval-") as root:
@@ -143,10 +148,11 @@ def evaluate(embedder: Embedder, seed: Sequence[LabelledQuery], queries: Sequenc
                 part = queries[start:start + chunk]
                 texts = [redact(r.text) for r in part]
                 vectors = batcher.encode_sorted(texts)
-                for text, vector in zip(texts, vectors, strict=True):
+                said = opinions.opinions(texts, vectors) if opinions is not None else [None] * len(texts)
+                for text, vector, opinion in zip(texts, vectors, said, strict=True):
                     t0 = time.perf_counter()
                     neighbours = index.search(EVAL_TENANT, vector[None, :], policy.k, now, "1")[0]
-                    found = evidence(policy, text, neighbours)
+                    found = evidence(policy, text, neighbours, opinion=opinion)
                     judge(policy, found)
                     latencies.append((time.perf_counter() - t0) * 1000)
                     found_all.append(found)

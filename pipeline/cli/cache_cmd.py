@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ev.add_argument("--rule-lag", type=int, default=20, help="with --live: queries before a rule answer is an "
                     "entry (default 20: 0.2 s at 100 tickets/s)")
     ev.add_argument("--agent-lag", type=int, default=250, help="with --live: the same for the agent (default 250)")
+    ev.add_argument("--second-opinion", action=argparse.BooleanOptionalAction, default=None,
+                    help="judge with the router's classifier as the second opinion, as a worker's cache stage does "
+                         "(default: TICKETFLOW_CACHE_SECOND_OPINION, on)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", type=Path, default=None, help="write precision against hit rate to this PNG")
     ev.set_defaults(run=run_eval)
@@ -112,11 +115,20 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     seed, queries = read_labelled(args.seed), read_labelled(args.queries)
     print(f"cache eval: {len(seed)} seed rows, {len(queries)} queries; loading the embedder...", file=sys.stderr)
     batcher = build_embedder(settings)
+    second_opinion = settings.cache_second_opinion if args.second_opinion is None else args.second_opinion
     try:
-        result = evaluate(batcher.embedder, seed, queries, _policy_book(settings).default, progress=progress)
+        opinions = None
+        if second_opinion:
+            from pipeline.routing.factory import build_classifier
+
+            print("cache eval: building the router's classifier (the second opinion)...", file=sys.stderr)
+            opinions = build_classifier(settings, batcher)
+        result = evaluate(batcher.embedder, seed, queries, _policy_book(settings).default, progress=progress,
+                          opinions=opinions)
     finally:
         batcher.close()
     report = result.to_dict()
+    report["second_opinion"] = second_opinion
     if args.plot:
         plot(result, args.plot)
         report["plot"] = str(args.plot)
