@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
+from typing import Any
 
 from pipeline.settings import Settings
 
@@ -15,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            "(ticketflow keys create). OpenAPI at /openapi.json.")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1,
+                       help="gateway processes sharing the port (default 1); each reads the egress itself, they "
+                            "share Redis, and /metrics adds up all of them")
     serve.set_defaults(run=run_serve)
     keys = sub.add_parser("keys", help="the gateway's API keys (one tenant each)")
     actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -31,10 +37,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from pipeline.gateway.app import create_app
+    from pipeline.errors import ValidationFailure
+    from pipeline.gateway.app import SETTINGS_ENV, create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+    common: dict[str, Any] = {"host": args.host, "port": args.port, "log_level": "warning", "access_log": False,
+                              "timeout_graceful_shutdown": 5}
+    if args.workers < 1:
+        raise ValidationFailure("--workers must be at least 1")
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return 0
+    # uvicorn's supervisor spawns the processes; each builds the app from these settings, and
+    # prometheus-client keeps their counters in files of one directory, read back by /metrics
+    with tempfile.TemporaryDirectory(prefix="ticketflow-gateway-metrics-") as metrics_dir:
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run("pipeline.gateway.app:app_from_environment", factory=True, workers=args.workers, **common)
     return 0
 
 

@@ -20,6 +20,7 @@ import gc
 import hashlib
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -52,6 +53,8 @@ from processors.intake import MAX_METADATA_ENTRIES, IntakeLimits, normalise, tic
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 60
+#: ``serve --workers N``: the settings each gateway process builds its app from (JSON)
+SETTINGS_ENV = "TF_GATEWAY_SETTINGS_JSON"
 #: the cyclic collector's generation thresholds while serving (CPython's: 700, 10, 10)
 GC_THRESHOLDS = (20_000, 20, 20)
 
@@ -463,11 +466,28 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(gw(request).registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(_exposed(gw(request).registry)), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, max_bytes=settings.gateway_max_request_bytes)
     app.add_middleware(Measure)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one of ``serve --workers N``'s processes (uvicorn's factory)."""
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
+def _exposed(registry: CollectorRegistry) -> CollectorRegistry:
+    """What /metrics shows: this process's registry, or with several gateway processes
+    (``PROMETHEUS_MULTIPROC_DIR``) every process's counters added up, whichever one answers."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return registry
+    from prometheus_client import multiprocess
+
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+    return combined
 
 
 async def _resolution(gateway: Gateway, key: tuple[str, str], queue: asyncio.Queue[Progress],

@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,11 @@ class GatewayProcess:
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> GatewayProcess:
+    def start(self, extra_args: list[str] | None = None) -> GatewayProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "--log-level", "INFO", "serve",
-                                          "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT,
+                                          "--port", str(self.port), *(extra_args or [])],
+                                         stdout=out, stderr=subprocess.STDOUT,
                                          env={**worker_env(self.settings), **self.extra_env})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -308,3 +310,39 @@ def test_every_operation_answers_within_its_spec_and_never_with_a_server_error(s
         check()
         tested.append(f"{operation.method.upper()} {operation.path}")
     assert {"POST /v1/tickets", "GET /v1/tickets/{ticket_id}", "GET /healthz"} <= set(tested), tested
+
+
+def test_several_gateway_processes_share_the_port_answer_every_ticket_and_add_up_their_metrics(
+        stack: Stack, tmp_path: Path) -> None:
+    """`serve --workers 2`: the kernel spreads connections over two processes, each with its own
+    fan-out reading every answer; /metrics, answered by either, counts both."""
+    gateway = GatewayProcess(stack.settings, tmp_path / "gateway2.log", {"TICKETFLOW_GATEWAY_RATE_PER_S": "50",
+                                                                       "TICKETFLOW_GATEWAY_RATE_BURST": "100"})
+    gateway.start(["--workers", "2"])
+    try:
+        assert gateway.proc is not None
+        children = subprocess.run(["pgrep", "-P", str(gateway.proc.pid)], capture_output=True, text=True)
+        serving = [pid for pid in children.stdout.split()
+                   if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+        assert len(serving) == 2, children.stdout
+        ids = [f"gw-multi-{i}" for i in range(8)]
+
+        def post(ticket_id: str) -> httpx.Response:  # a connection each, at once: the kernel picks the process
+            return httpx.post(f"{gateway.url}/v1/tickets", params={"wait": 60}, timeout=90,
+                              json={"ticket_id": ticket_id, "body": "How do I top up my account by card?"},
+                              headers={"Authorization": f"Bearer {stack.key}"})
+
+        with ThreadPoolExecutor(len(ids)) as pool:
+            for posted in pool.map(post, ids):
+                assert posted.status_code == 200, posted.text
+        for ticket_id in ids:
+            read = httpx.get(f"{gateway.url}/v1/tickets/{ticket_id}", headers={"X-API-Key": stack.key})
+            assert read.status_code == 200 and read.json()["status"] == "resolved"
+        for _ in range(4):  # whichever process answers, the sum over both
+            text = httpx.get(f"{gateway.url}/metrics").text
+            answered = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith("ticketflow_gateway_requests_total{")
+                           and 'route="/v1/tickets"' in line and 'status="200"' in line)
+            assert answered == len(ids), text[:3000]
+    finally:
+        gateway.stop()
