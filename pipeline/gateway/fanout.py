@@ -88,13 +88,15 @@ class FanOut:
 
     def __init__(self, settings: Settings, serde: AvroSerde, loop: asyncio.AbstractEventLoop,
                  record_resolved: Callable[[list[tuple[Key, dict[str, Any]]]], None],
-                 catchup_s: float = 900.0, keep: int = 50_000) -> None:
+                 catchup_s: float = 900.0, keep: int = 50_000, keep_raw_bytes: int = 64 << 20) -> None:
         self.settings = settings
         self.serde = serde
         self.loop = loop
         self.record_resolved = record_resolved
         self.catchup_s = catchup_s
         self.keep = keep
+        self.keep_raw_bytes = keep_raw_bytes  # undecoded progress kept, at most (an agent step holds its transcript)
+        self.raw_bytes = 0
         self.tickets: OrderedDict[Key, _Ticket] = OrderedDict()
         #: undecoded progress records by ticket id (the tenant is inside the record)
         self.raw: OrderedDict[str, list[_Raw]] = OrderedDict()
@@ -156,6 +158,7 @@ class FanOut:
         pending = self.raw.pop(ticket_id, None)
         if not pending:
             return
+        self.raw_bytes -= sum(len(r.value) for r in pending)
         items: list[tuple[Key, Progress]] = []
         for raw in pending:
             items.extend(self._decoded(raw.topic, raw.value, raw.seen_ms))
@@ -178,8 +181,11 @@ class FanOut:
                 items = [*items, *self._decoded(record.topic, record.value, record.seen_ms)]
                 continue
             self.raw.setdefault(ticket_id, []).append(record)
-            while len(self.raw) > self.keep:
-                self.raw.popitem(last=False)
+            self.raw_bytes += len(record.value)
+            # the oldest tickets' progress goes first (their resolutions stay, in memory and Redis)
+            while len(self.raw) > self.keep or (self.raw_bytes > self.keep_raw_bytes and len(self.raw) > 1):
+                _, dropped = self.raw.popitem(last=False)
+                self.raw_bytes -= sum(len(r.value) for r in dropped)
         for key, progress in items:
             ticket = self._ticket(key)
             if any(e.id == progress.id for e in ticket.events):

@@ -125,3 +125,21 @@ def test_a_stream_that_starts_listening_while_its_records_are_on_their_way_misse
         fan.unlisten(("acme", "T-4"), stream)
     finally:
         loop.close()
+
+
+def test_undecoded_progress_is_bounded_in_bytes_oldest_tickets_first() -> None:
+    serde = make_serde(Settings())
+    loop = asyncio.new_event_loop()
+    records = {ticket_id: _life(serde, "acme", ticket_id) for ticket_id in ("T-5", "T-6", "T-7")}
+    per_ticket = sum(len(r.value()) for r in records["T-5"][:4])  # the four progress records
+    fan = FanOut(Settings(topic_prefix=PREFIX), serde, loop, lambda resolved: None, keep_raw_bytes=2 * per_ticket)
+    try:
+        for ticket_id in ("T-5", "T-6", "T-7"):
+            fan._handle(records[ticket_id])
+        _drain(loop)
+        assert list(fan.raw) == ["T-6", "T-7"] and fan.raw_bytes <= 2 * per_ticket
+        assert [e.id for e in fan.history(("acme", "T-5"))] == [RESOLVED]  # its progress dropped, not its answer
+        assert [e.id for e in fan.history(("acme", "T-7"))] == [ACCEPTED, CACHE, ROUTED, AGENT + 1, RESOLVED]
+        assert list(fan.raw) == ["T-6"] and fan.raw_bytes == sum(len(r.value()) for r in records["T-6"][:4])
+    finally:
+        loop.close()
