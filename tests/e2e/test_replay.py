@@ -165,12 +165,14 @@ def test_a_killed_replay_and_worker_resume_without_duplicates(replayable: Replay
     command = [sys.executable, "-m", "pipeline.cli.main", "replay", *r.window(), "--tag", tag, "--wait", "--json"]
     first = subprocess.Popen(command, env=worker_env(r.settings), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and first.poll() is None:
-        if len({a.ticket_id for a in r.client.replay_results(tag)}) >= TICKETS // 2:
-            break
-        time.sleep(0.2)
+    # One reader follows the answers as they come (reading the topic again from its start at
+    # every check took a second or more, and a replay can finish its second half in less).
+    answered: set[str] = set()
+    for answer in r.client.replay_results(tag, timeout_s=300,
+                                          done=lambda: first.poll() is not None or len(answered) >= TICKETS // 2):
+        answered.add(answer.ticket_id)
     assert first.poll() is None, "the replay finished before it could be killed"
+    assert TICKETS // 2 <= len(answered) < TICKETS
     first.kill()
     r.worker.kill9()
     first.wait(10)
