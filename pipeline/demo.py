@@ -267,9 +267,12 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
 
     latencies = [float(arrivals[i][0] - created[i]) for i in arrivals]
     naive_cost, naive_times = naive_run(settings, tickets, keys)
-    # the audit's calls are this run's calls too (billed by the provider, accounted as workflow cache-audit)
+    # the audit's calls are this run's calls too (billed by the provider, accounted as workflow
+    # cache-audit), and so are the warm-up ticket's: in a second run it is a cache hit of the
+    # first run's answer, and the audit may sample it (the provider billed it, the report must count it)
+    ours = ids | {warm_up_id(run_id)}
     usage = [u for u in client.events("llm.usage", UsageRecord, timeout_s=30)
-             if u.ticket_id is not None and audited_ticket(u.ticket_id) in ids]
+             if u.ticket_id is not None and audited_ticket(u.ticket_id) in ours]
     served = {u.record_id for u in usage if u.kind == "llm" and u.outcome == "ok"}
     lettered_ids = {d.key.decode(errors="replace") for d in letters if d.key}
     report = DemoReport(
@@ -359,9 +362,13 @@ def naive_run(settings: Settings, tickets: list[TicketSubmitted],
     return sum(cost for cost, _ in runs), [elapsed for _, elapsed in runs]
 
 
+def warm_up_id(run_id: str) -> str:
+    return f"demo-{run_id}-warmup"
+
+
 def warm_up(client: TicketflowClient, run_id: str, timeout_s: float = 120.0) -> None:
     """One ticket through every stage first, so that group joins stay out of the latency."""
-    ticket_id = f"demo-{run_id}-warmup"
+    ticket_id = warm_up_id(run_id)
     client.submit([TicketSubmitted(ticket_id=ticket_id, tenant_id="demo-warmup", body="warm-up")])
     for _ in client.results(expect=1, ticket_ids={ticket_id}, timeout_s=timeout_s):
         return
