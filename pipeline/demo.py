@@ -268,11 +268,13 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     latencies = [float(arrivals[i][0] - created[i]) for i in arrivals]
     naive_cost, naive_times = naive_run(settings, tickets, keys)
     # the audit's calls are this run's calls too (billed by the provider, accounted as workflow
-    # cache-audit), and so are the warm-up ticket's: in a second run it is a cache hit of the
-    # first run's answer, and the audit may sample it (the provider billed it, the report must count it)
-    ours = ids | {warm_up_id(run_id)}
+    # cache-audit). The warm-up ticket's are not: from a second run on it is a cache hit of the
+    # first run's answer and the audit may sample it, billed after the count was reset; so both
+    # sides count the run's own tickets (the provider's books name each call's request id)
     usage = [u for u in client.events("llm.usage", UsageRecord, timeout_s=30)
-             if u.ticket_id is not None and audited_ticket(u.ticket_id) in ours]
+             if u.ticket_id is not None and audited_ticket(u.ticket_id) in ids]
+    billed = sum(times for request_id, times in billing.calls().items()
+                 if audited_ticket(request_id.rsplit(":", 3)[0]) in ids)
     served = {u.record_id for u in usage if u.kind == "llm" and u.outcome == "ok"}
     lettered_ids = {d.key.decode(errors="replace") for d in letters if d.key}
     report = DemoReport(
@@ -291,7 +293,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         stage_latency_ms=stage_percentiles(stages.values()),
         naive_latency_ms=percentiles(naive_times, (50, 95)),
         llm_calls=len(served),
-        billed_calls=billing.total(),
+        billed_calls=billed,
         cost_usd=round(sum(costs.values()) / 1_000_000, 6),
         naive_cost_usd=round(naive_cost / 1_000_000, 6),
         right_key_by_path=right_keys(tickets, keys, path_of),
