@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     router_examples: Path | None = Field(
         default=None, description="TICKETFLOW_ROUTER_EXAMPLES: labelled examples (CSV text,label) of the "
         "intent classifier; default: the tune part of the bundled banking77 train split.")
+    router_linear_c: float = Field(
+        default=30.0, ge=0, description="TICKETFLOW_ROUTER_LINEAR_C: inverse regularisation of the classifier's "
+        "linear model, the calibrated confidence the cache's second opinion asks for (`cache calibrate "
+        "--second-opinion` compares values); 0 switches it off (the vote's share and margin stand in).")
     router_policy_file: Path | None = Field(
         default=None, description="TICKETFLOW_ROUTER_POLICY_FILE: the classifier's abstain policy (JSON, "
         "as `cache calibrate --write` writes); default: the cache's default policy.")

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
@@ -15,6 +15,7 @@ from pipeline.settings import Settings
 if TYPE_CHECKING:
     from pipeline.adapters.redis_kb import RedisKbVersions
     from pipeline.cache.semantic_cache import PolicyBook
+    from pipeline.datasets import LabelledQuery
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="rows at least this similar stay in one fold (default 0.9)")
     cal.add_argument("--frontier", type=int, default=0, metavar="N",
                      help="also list the N admissible policies of highest hit rate (other trade-offs)")
+    cal.add_argument("--second-opinion", action="store_true",
+                     help="pick the bars for the router classifier's second opinion instead (router_probability, "
+                          "corroborated_*, and the linear model's C), on top of the configured cache policy")
     cal.add_argument("--tenant", default=None, help="write the policy for this tenant (default: the default)")
     cal.add_argument("--write", type=Path, default=None,
                      help="merge the policy into this JSON file (TICKETFLOW_CACHE_POLICY_FILE)")
@@ -153,6 +157,8 @@ def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     if not 0 < args.target_precision <= 1:
         raise ConfigurationError("--target-precision must lie in (0, 1]")
     rows = read_labelled(args.labels)
+    if args.second_opinion:
+        return run_calibrate_opinion(args, settings, rows)
     batcher = build_embedder(settings)
     try:
         result = calibrate(batcher, rows, args.target_precision, folds=args.folds,
@@ -168,12 +174,7 @@ def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
                                "precision_low": round(low, 4), "policy": policy.to_dict()}
                               for rate, precision, low, policy in result.frontier]
     if args.write:
-        data = json.loads(args.write.read_text()) if args.write.exists() else {}
-        if args.tenant:
-            data.setdefault("tenants", {})[args.tenant] = result.policy.to_dict()
-        else:
-            data["default"] = result.policy.to_dict()
-        args.write.write_text(json.dumps(data, indent=2) + "\n")
+        _write_policy(args, result.policy.to_dict())
         report["written"] = str(args.write)
     if args.json:
         print(json.dumps(report))
@@ -183,6 +184,45 @@ def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
               f"{report['hit_rate']:.3f}, precision {report['precision']:.4f} [95 % {low:.4f}, {high:.4f}] "
               f"(folds {report['fold_precisions']}), {report['candidates']} candidates; the lower bound needs "
               f"{report['rows_needed']} labelled rows at this precision and hit rate ({report['rows']} given)")
+    return 0
+
+
+def _write_policy(args: argparse.Namespace, policy: dict[str, Any]) -> None:
+    data = json.loads(args.write.read_text()) if args.write.exists() else {}
+    if args.tenant:
+        data.setdefault("tenants", {})[args.tenant] = policy
+    else:
+        data["default"] = policy
+    args.write.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def run_calibrate_opinion(args: argparse.Namespace, settings: Settings, rows: list[LabelledQuery]) -> int:
+    from pipeline.cache.calibrate_opinion import calibrate_opinion
+    from pipeline.cache.factory import build_embedder
+    from pipeline.routing.factory import router_policy
+
+    batcher = build_embedder(settings)
+    try:
+        result = calibrate_opinion(batcher, rows, args.target_precision, router_policy(settings),
+                                   base=_policy_book(settings).default, folds=args.folds, progress=progress)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    finally:
+        batcher.close()
+    report = result.to_dict()
+    if args.write:
+        _write_policy(args, result.policy.to_dict())
+        report["written"] = str(args.write)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        low, high = report["precision_ci95"]
+        picked = {k: report["policy"][k] for k in ("router_probability", "corroborated_share",
+                                                   "corroborated_agree", "corroborated_margin")}
+        print(f"second opinion {picked}, TICKETFLOW_ROUTER_LINEAR_C={result.linear_c:g}\n"
+              f"cross-validated (paraphrase-grouped folds, the classifier fitted on the other folds) hit rate "
+              f"{report['hit_rate']:.3f}, precision {report['precision']:.4f} [95 % {low:.4f}, {high:.4f}]; "
+              f"best by C {report['by_linear_c']}; the vote alone (no linear model) {report['vote_only']}")
     return 0
 
 

@@ -22,6 +22,7 @@ from pipeline.cache.embedder import Embedder
 from pipeline.cache.policy import HitPolicy, Neighbour, SecondOpinion, evidence, exact_neighbours, judge
 from pipeline.datasets import LabelledQuery
 from pipeline.pii import redact
+from pipeline.routing.linear import DEFAULT_C, LinearIntentModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,8 @@ class IntentDecision:
 
 class IntentClassifier:
     def __init__(self, examples: Sequence[LabelledQuery], vectors: npt.NDArray[np.float32],
-                 policy: HitPolicy | None = None, shortlist: int = 5) -> None:
+                 policy: HitPolicy | None = None, shortlist: int = 5,
+                 linear: LinearIntentModel | None = None) -> None:
         if len(examples) != len(vectors):
             raise ValueError(f"{len(examples)} examples but {len(vectors)} vectors")
         self.examples = list(examples)
@@ -45,23 +47,28 @@ class IntentClassifier:
         self.policy = policy or HitPolicy()
         self.shortlist = shortlist
         self.known = frozenset(self.labels)
+        self.linear = linear  # the calibrated confidence the cache's second opinion asks for
 
     @classmethod
     def fit(cls, embedder: Embedder, examples: Sequence[LabelledQuery], policy: HitPolicy | None = None,
-            cache_dir: Path | None = None, shortlist: int = 5) -> IntentClassifier:
-        """Embed the examples (or load them from ``cache_dir``, keyed by model and examples)."""
+            cache_dir: Path | None = None, shortlist: int = 5, linear_c: float | None = DEFAULT_C) -> IntentClassifier:
+        """Embed the examples and fit the linear model on them (or load both from ``cache_dir``,
+        keyed by model and examples); ``linear_c=None`` for the nearest-example vote alone."""
         texts = [redact(e.text) for e in examples]
-        path = None
-        if cache_dir is not None:
-            digest = hashlib.sha256("\x00".join([embedder.name, *texts]).encode()).hexdigest()[:16]
-            path = cache_dir / f"intent-examples-{digest}.npy"
-            if path.exists():
-                return cls(examples, np.load(path), policy, shortlist)
-        vectors = embedder.encode(texts)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, vectors)
-        return cls(examples, vectors, policy, shortlist)
+        labels = [e.label for e in examples]
+        digest = hashlib.sha256("\x00".join([embedder.name, *texts, *labels]).encode()).hexdigest()[:16]
+        path = None if cache_dir is None else cache_dir / f"intent-examples-{digest}.npy"
+        if path is not None and path.exists():
+            vectors = np.load(path)
+        else:
+            vectors = embedder.encode(texts)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, vectors)
+        model = None
+        if linear_c is not None and len(set(labels)) > 1:
+            model = LinearIntentModel.fit_cached(vectors, labels, cache_dir, digest, linear_c)
+        return cls(examples, vectors, policy, shortlist, model)
 
     def classify(self, texts: Sequence[str], vectors: npt.NDArray[np.float32]) -> list[IntentDecision]:
         """One decision per text, given its (L2-normalised) embedding."""
@@ -72,15 +79,16 @@ class IntentClassifier:
         if len(texts) == 0:
             return []
         found = exact_neighbours(vectors, self.vectors, self.labels, self.texts, self.policy.k)
+        likely = self.linear.best(vectors) if self.linear is not None else [(None, None)] * len(texts)
         judged = []
-        for text, neighbours in zip(texts, found, strict=True):
+        for text, neighbours, (best, probability) in zip(texts, found, likely, strict=True):
             seen = evidence(self.policy, text, neighbours)
             verdict = judge(self.policy, seen)
             ranked = distinct_intents(neighbours, self.shortlist)
             decision = IntentDecision(verdict.resolution_key if verdict.hit else None, verdict.reason,
                                       verdict.similarity, verdict.resolution_key, ranked)
             opinion = SecondOpinion(decision.intent, ranked, self.known, seen.share if seen else 0.0,
-                                    seen.margin if seen else 0.0)
+                                    seen.margin if seen else 0.0, best, probability)
             judged.append((decision, opinion))
         return judged
 

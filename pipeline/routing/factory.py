@@ -43,10 +43,14 @@ def router_examples(settings: Settings) -> list[LabelledQuery]:
 ROUTER_POLICY = HitPolicy(k=30, temperature=0.05, min_similarity=0.70, min_share=0.85, min_agree=2, margin=0.03)
 
 
+def router_policy(settings: Settings) -> HitPolicy:
+    return PolicyBook.load(settings.router_policy_file).default if settings.router_policy_file else ROUTER_POLICY
+
+
 def build_classifier(settings: Settings, embedder: Embedder) -> IntentClassifier:
-    policy = PolicyBook.load(settings.router_policy_file).default if settings.router_policy_file else ROUTER_POLICY
-    return IntentClassifier.fit(embedder, router_examples(settings), policy, cache_dir=settings.state_dir / "models",
-                                shortlist=settings.router_shortlist)
+    return IntentClassifier.fit(embedder, router_examples(settings), router_policy(settings),
+                                cache_dir=settings.state_dir / "models",
+                                shortlist=settings.router_shortlist, linear_c=settings.router_linear_c or None)
 
 
 def build_engine(settings: Settings, embedder: Embedder, tools: ToolRegistry | None = None) -> RouteEngine:

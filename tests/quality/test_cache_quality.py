@@ -46,13 +46,14 @@ def test_defaults_reach_the_precision_and_hit_rate_targets_on_held_out_queries(h
 def test_as_a_worker_judges_with_the_second_opinion_precision_holds_and_out_of_scope_rarely_hits(
         embedder: MicroBatcher, base_settings: Settings) -> None:
     """The production configuration (the router's classifier as the second opinion, on by
-    default): measured 0.9954 at hit rate 0.539 on the held-out part (README "Semantic cache");
-    the open-set check costs hits that the cache alone would serve."""
+    default): issue 11's static target, precision >= 0.99 at hit rate >= 0.65 on queries the
+    defaults were not tuned on. Measured 0.9948 at 0.678 with the linear model's confidence
+    (0.9954 at 0.539 with the vote's share before it; README "Semantic cache")."""
     classifier = build_classifier(base_settings, embedder)
     tune, held = banking77_split()
     result = evaluate(embedder.embedder, tune, held, HitPolicy(), opinions=classifier)
     assert result.scores.precision >= 0.99, result.scores
-    assert result.scores.hit_rate >= 0.50, result.scores
+    assert result.scores.hit_rate >= 0.65, result.scores
     texts = [t.strip() for t in (DATA / "out_of_scope.txt").read_text().splitlines() if t.strip()]
     outside = evaluate(embedder.embedder, tune, [LabelledQuery(t, "out_of_scope") for t in texts], HitPolicy(),
                        opinions=classifier)
