@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,11 +96,11 @@ class EvalResult:
             "baseline": {"threshold": BASELINE_THRESHOLD, **self.baseline.to_dict()},
         }
 
-    def curve(self, margins: Sequence[float]) -> list[tuple[float, float]]:
-        """(hit rate, precision) of the policy as its margin varies, the rest unchanged."""
+    def curve(self, setting: str, values: Sequence[float]) -> list[tuple[float, float]]:
+        """(hit rate, precision) of the policy as one of its settings varies, the rest unchanged."""
         points = []
-        for margin in margins:
-            policy = replace(self.policy, margin=margin)
+        for value in values:
+            policy = HitPolicy.from_dict({**self.policy.to_dict(), setting: value})
             decisions = [(v.hit, v.resolution_key) for v in (judge(policy, e) for e in self.evidence)]
             s = score(decisions, self.labels, self.seed_labels)
             points.append((s.hit_rate, s.precision))
@@ -182,13 +182,18 @@ def plot(result: EvalResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    margins = [i / 100 for i in range(0, 21)]
+    # with the classifier's linear model the knob that moves the policy is its probability bar;
+    # the cache alone moves with its margin
+    linear = any(e is not None and e.opinion is not None and e.opinion.probability is not None
+                 for e in result.evidence)
+    setting, label = ("router_probability", "second opinion's bar 0.5-0.975") if linear else ("margin", "margin 0-0.20")
+    values = [0.5 + i / 40 for i in range(0, 20)] if linear else [i / 100 for i in range(0, 21)]
     thresholds = [0.70 + i / 100 for i in range(0, 30)]
-    policy_points = result.curve(margins)
+    policy_points = result.curve(setting, values)
     base_points = result.baseline_curve(thresholds)
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.plot([p[0] for p in policy_points], [p[1] for p in policy_points], "o-", ms=3,
-            label="ticketflow policy (margin 0-0.20)")
+            label=f"ticketflow policy ({label})")
     ax.plot([p[0] for p in base_points], [p[1] for p in base_points], "s-", ms=3,
             label="single cosine threshold (0.70-0.99)")
     ax.plot([result.scores.hit_rate], [result.scores.precision], "*", ms=14, color="C0", label="policy, defaults")
