@@ -225,7 +225,10 @@ class SecondOpinion:
                 and (self.probability is not None or self.decided == key))
 
     def contradicts(self, key: str, policy: HitPolicy) -> bool:
-        """Whether it confidently names another intent than ``key``."""
+        """Whether it confidently names another intent than ``key``, a key it knows: of an
+        intent it has no examples of (a tenant's own) it cannot tell, and must pick another."""
+        if key not in self.known:
+            return False
         if self.decided is not None and self.decided != key:
             return True
         return (self.probability is not None and self.likely != key

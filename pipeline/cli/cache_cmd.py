@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ev.add_argument("--second-opinion", action=argparse.BooleanOptionalAction, default=None,
                     help="judge with the router's classifier as the second opinion, as a worker's cache stage does "
                          "(default: TICKETFLOW_CACHE_SECOND_OPINION, on)")
+    ev.add_argument("--opinion-examples", choices=("auto", "configured", "seed"), default="auto",
+                    help="the classifier's labelled examples: the configured ones (TICKETFLOW_ROUTER_EXAMPLES), "
+                         "or the seed (as a deployment for the seed's intents would configure them); auto: the "
+                         "configured ones when they know at least 90 %% of the seed's keys, else the seed")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", type=Path, default=None, help="write precision against hit rate to this PNG")
     ev.set_defaults(run=run_eval)
@@ -122,17 +126,27 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     second_opinion = settings.cache_second_opinion if args.second_opinion is None else args.second_opinion
     try:
         opinions = None
+        examples = None
         if second_opinion:
-            from pipeline.routing.factory import build_classifier
+            from pipeline.routing.classifier import IntentClassifier
+            from pipeline.routing.factory import build_classifier, router_examples, router_policy
 
-            print("cache eval: building the router's classifier (the second opinion)...", file=sys.stderr)
-            opinions = build_classifier(settings, batcher)
+            examples = _opinion_examples(args.opinion_examples, {r.label for r in seed},
+                                         {r.label for r in router_examples(settings)})
+            print(f"cache eval: building the router's classifier (the second opinion) on the {examples} "
+                  "examples...", file=sys.stderr)
+            opinions = (build_classifier(settings, batcher) if examples == "configured" else
+                        IntentClassifier.fit(batcher, seed, router_policy(settings),
+                                             cache_dir=settings.state_dir / "models",
+                                             shortlist=settings.router_shortlist,
+                                             linear_c=settings.router_linear_c or None))
         result = evaluate(batcher.embedder, seed, queries, _policy_book(settings).default, progress=progress,
                           opinions=opinions)
     finally:
         batcher.close()
     report = result.to_dict()
     report["second_opinion"] = second_opinion
+    report["second_opinion_examples"] = examples
     if args.plot:
         plot(result, args.plot)
         report["plot"] = str(args.plot)
@@ -147,6 +161,13 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
               f"false hits {base['false_hit_rate']:.4f}  (single cosine threshold {base['threshold']})")
         print(f"misses by reason: {report['miss_reasons']}")
     return 0
+
+
+def _opinion_examples(choice: str, seed_keys: set[str], known: set[str]) -> str:
+    """Whose examples the second opinion learns from (``cache eval --opinion-examples``)."""
+    if choice != "auto":
+        return choice
+    return "configured" if len(seed_keys & known) >= 0.9 * len(seed_keys) else "seed"
 
 
 def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:

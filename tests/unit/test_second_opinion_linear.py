@@ -102,8 +102,9 @@ def test_an_unsure_or_contrary_linear_model_vetoes_unless_the_query_repeats_an_e
     assert decide(policy, "q", repeat, opinion=contrary).reason == MISS_ROUTER
     # a tenant's own key, which the classifier has never seen: the cache alone judges
     own = [Neighbour(0.88 - i * 0.005, "acme_returns", "q", "a", f"o{i}") for i in range(6)]
-    assert decide(policy, "q", own, opinion=SecondOpinion(None, (), KNOWN, likely="card_arrival",
-                                                          probability=0.5)).hit
+    for probability in (0.5, 0.99):  # it must pick one of the intents it knows, however sure
+        assert decide(policy, "q", own, opinion=SecondOpinion("card_arrival", ("card_arrival",), KNOWN,
+                                                              likely="card_arrival", probability=probability)).hit
 
 
 class VectorTable:
@@ -128,3 +129,12 @@ def test_calibration_picks_an_admissible_setting_from_the_grid() -> None:
     assert result.hit_rate == max(rate for rate, _ in result.by_c.values())
     with pytest.raises(ValueError):
         calibrate_opinion(table, rows, 1.0, ROUTER_POLICY, folds=3, c_values=(1.0,))  # type: ignore[arg-type]
+
+
+def test_cache_eval_gives_the_classifier_the_seed_when_it_does_not_know_the_seeds_intents() -> None:
+    from pipeline.cli.cache_cmd import _opinion_examples
+
+    banking = {f"intent_{i}" for i in range(77)}
+    assert _opinion_examples("auto", set(list(banking)[:70]), banking) == "configured"
+    assert _opinion_examples("auto", {"weather", "alarm", *list(banking)[:5]}, banking) == "seed"
+    assert _opinion_examples("configured", {"weather"}, banking) == "configured"
