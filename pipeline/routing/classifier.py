@@ -11,6 +11,7 @@ computed when they come with the ticket, so a ticket is embedded once.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,9 @@ class IntentClassifier:
             vectors = embedder.encode(texts)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, vectors)
+                partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
+                np.save(partial, vectors)
+                partial.replace(path)  # workers starting together never read half a file
         model = None
         if linear_c is not None and len(set(labels)) > 1:
             model = LinearIntentModel.fit_cached(vectors, labels, cache_dir, digest, linear_c)

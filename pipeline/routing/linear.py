@@ -18,6 +18,8 @@ disk next to the examples' vectors); inference is one matrix product in numpy.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,7 +69,7 @@ class LinearIntentModel:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial.npz")
         np.savez(partial, classes=np.array(self.classes), weights=self.weights, bias=self.bias)
         partial.replace(path)  # a worker starting beside another never reads half a file
 
