@@ -6,16 +6,20 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
     from pipeline.adapters.redis_kb import RedisKbVersions
+    from pipeline.cache.embedder import MicroBatcher
     from pipeline.cache.semantic_cache import PolicyBook
     from pipeline.datasets import LabelledQuery
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -172,7 +176,6 @@ def _opinion_examples(choice: str, seed_keys: set[str], known: set[str]) -> str:
 
 def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.cache.calibrate import calibrate
-    from pipeline.cache.factory import build_embedder
     from pipeline.cache.labelled import read_labelled
 
     if not 0 < args.target_precision <= 1:
@@ -180,23 +183,15 @@ def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     rows = read_labelled(args.labels)
     if args.second_opinion:
         return run_calibrate_opinion(args, settings, rows)
-    batcher = build_embedder(settings)
-    try:
-        result = calibrate(batcher, rows, args.target_precision, folds=args.folds,
-                           base=_policy_book(settings).default, progress=progress,
-                           paraphrase_similarity=args.paraphrase_similarity, frontier_size=args.frontier)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from exc
-    finally:
-        batcher.close()
+    result = _with_embedder(settings, lambda batcher: calibrate(
+        batcher, rows, args.target_precision, folds=args.folds, base=_policy_book(settings).default,
+        progress=progress, paraphrase_similarity=args.paraphrase_similarity, frontier_size=args.frontier))
     report = result.to_dict()
     if args.frontier:
         report["frontier"] = [{"hit_rate": round(rate, 4), "precision": round(precision, 4),
                                "precision_low": round(low, 4), "policy": policy.to_dict()}
                               for rate, precision, low, policy in result.frontier]
-    if args.write:
-        _write_policy(args, result.policy.to_dict())
-        report["written"] = str(args.write)
+    _write_policy(args, result.policy.to_dict(), report)
     if args.json:
         print(json.dumps(report))
     else:
@@ -208,7 +203,24 @@ def run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _write_policy(args: argparse.Namespace, policy: dict[str, Any]) -> None:
+def _with_embedder(settings: Settings, work: Callable[[MicroBatcher], T]) -> T:
+    """Run ``work`` with the configured embedder (closed after); a ValueError is the user's."""
+    from pipeline.cache.factory import build_embedder
+
+    batcher = build_embedder(settings)
+    try:
+        return work(batcher)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    finally:
+        batcher.close()
+
+
+def _write_policy(args: argparse.Namespace, policy: dict[str, Any], report: dict[str, Any]) -> None:
+    """With ``--write``: merge ``policy`` into the policy file (for ``--tenant`` or the default)."""
+    if not args.write:
+        return
+    report["written"] = str(args.write)
     data = json.loads(args.write.read_text()) if args.write.exists() else {}
     if args.tenant:
         data.setdefault("tenants", {})[args.tenant] = policy
@@ -219,21 +231,13 @@ def _write_policy(args: argparse.Namespace, policy: dict[str, Any]) -> None:
 
 def run_calibrate_opinion(args: argparse.Namespace, settings: Settings, rows: list[LabelledQuery]) -> int:
     from pipeline.cache.calibrate_opinion import calibrate_opinion
-    from pipeline.cache.factory import build_embedder
     from pipeline.routing.factory import router_policy
 
-    batcher = build_embedder(settings)
-    try:
-        result = calibrate_opinion(batcher, rows, args.target_precision, router_policy(settings),
-                                   base=_policy_book(settings).default, folds=args.folds, progress=progress)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from exc
-    finally:
-        batcher.close()
+    result = _with_embedder(settings, lambda batcher: calibrate_opinion(
+        batcher, rows, args.target_precision, router_policy(settings), base=_policy_book(settings).default,
+        folds=args.folds, progress=progress))
     report = result.to_dict()
-    if args.write:
-        _write_policy(args, result.policy.to_dict())
-        report["written"] = str(args.write)
+    _write_policy(args, result.policy.to_dict(), report)
     if args.json:
         print(json.dumps(report))
     else:

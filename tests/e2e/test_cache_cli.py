@@ -62,3 +62,17 @@ def test_cache_calibrate_writes_a_policy_file_the_workers_read(tmp_path: Path) -
     book = PolicyBook.load(policy_file)
     assert book.for_tenant("acme").to_dict() == report["policy"]
     assert book.for_tenant("other") == book.default
+
+
+def test_cache_calibrate_second_opinion_picks_the_classifiers_bars(tmp_path: Path) -> None:
+    tune, _ = banking77_split()
+    labels = write(tmp_path / "labels.csv", [(r.text, r.label) for r in tune if r.label in INTENTS])
+    policy_file = tmp_path / "policy.json"
+    report = ticketflow("cache", "calibrate", "--labels", str(labels), "--target-precision", "0.98",
+                        "--second-opinion", "--write", str(policy_file), "--json", "--folds", "3")
+    low, _ = report["precision_ci95"]  # type: ignore[misc]
+    assert low >= 0.98
+    assert set(report["by_linear_c"]) == {"3.0", "10.0", "30.0"}  # type: ignore[arg-type]
+    assert float(report["router_linear_c"]) in (3.0, 10.0, 30.0)  # type: ignore[arg-type]
+    assert json.loads(policy_file.read_text())["default"] == report["policy"]
+    assert 0.5 <= float(report["policy"]["router_probability"]) < 1  # type: ignore[index]
