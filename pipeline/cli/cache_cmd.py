@@ -132,18 +132,13 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         opinions = None
         examples = None
         if second_opinion:
-            from pipeline.routing.classifier import IntentClassifier
-            from pipeline.routing.factory import build_classifier, router_examples, router_policy
+            from pipeline.routing.factory import build_classifier, router_examples
 
             examples = _opinion_examples(args.opinion_examples, {r.label for r in seed},
                                          {r.label for r in router_examples(settings)})
             print(f"cache eval: building the router's classifier (the second opinion) on the {examples} "
                   "examples...", file=sys.stderr)
-            opinions = (build_classifier(settings, batcher) if examples == "configured" else
-                        IntentClassifier.fit(batcher, seed, router_policy(settings),
-                                             cache_dir=settings.state_dir / "models",
-                                             shortlist=settings.router_shortlist,
-                                             linear_c=settings.router_linear_c or None))
+            opinions = build_classifier(settings, batcher, seed if examples == "seed" else None)
         result = evaluate(batcher.embedder, seed, queries, _policy_book(settings).default, progress=progress,
                           opinions=opinions)
     finally:

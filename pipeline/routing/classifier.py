@@ -75,14 +75,16 @@ class IntentClassifier:
 
     def classify(self, texts: Sequence[str], vectors: npt.NDArray[np.float32]) -> list[IntentDecision]:
         """One decision per text, given its (L2-normalised) embedding."""
-        return [decision for decision, _ in self._judged(texts, vectors)]
+        return [decision for decision, _ in self._judged(texts, vectors, with_linear=False)]
 
-    def _judged(self, texts: Sequence[str], vectors: npt.NDArray[np.float32]
+    def _judged(self, texts: Sequence[str], vectors: npt.NDArray[np.float32], with_linear: bool = True
                 ) -> list[tuple[IntentDecision, SecondOpinion]]:
         if len(texts) == 0:
             return []
         found = exact_neighbours(vectors, self.vectors, self.labels, self.texts, self.policy.k)
-        likely = self.linear.best(vectors) if self.linear is not None else [(None, None)] * len(texts)
+        # the router's decision is the vote's; only the cache's second opinion asks the linear model
+        likely: list[tuple[str | None, float | None]] = (
+            list(self.linear.best(vectors)) if with_linear and self.linear is not None else [(None, None)] * len(texts))
         judged = []
         for text, neighbours, (best, probability) in zip(texts, found, likely, strict=True):
             seen = evidence(self.policy, text, neighbours)

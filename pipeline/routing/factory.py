@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.adapters.sql_bank import SqlBank
@@ -47,8 +48,11 @@ def router_policy(settings: Settings) -> HitPolicy:
     return PolicyBook.load(settings.router_policy_file).default if settings.router_policy_file else ROUTER_POLICY
 
 
-def build_classifier(settings: Settings, embedder: Embedder) -> IntentClassifier:
-    return IntentClassifier.fit(embedder, router_examples(settings), router_policy(settings),
+def build_classifier(settings: Settings, embedder: Embedder,
+                     examples: Sequence[LabelledQuery] | None = None) -> IntentClassifier:
+    """The configured classifier (``examples``: other labelled examples than the configured ones)."""
+    return IntentClassifier.fit(embedder, router_examples(settings) if examples is None else examples,
+                                router_policy(settings),
                                 cache_dir=settings.state_dir / "models",
                                 shortlist=settings.router_shortlist, linear_c=settings.router_linear_c or None)
 

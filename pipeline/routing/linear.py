@@ -5,13 +5,13 @@ The router's nearest-example vote (:mod:`pipeline.routing.classifier`) is a good
 most queries, right or wrong, so the cache could only lean on it with a bar (0.95) that
 also turned away a sixth of the right hits. A multinomial logistic regression trained on the
 same labelled examples gives a probability per intent that ranks right from wrong answers
-far better (by itself, on banking77's held-out part, it gives 73 % of the queries at least
-0.9 and is right on 0.994 of those), and
+far better (by itself, on banking77's held-out part: ``linear_alone`` in
+bench/results/cache_probes.json), and
 the cache asks it one question: is the hit's key this model's own pick, with at least
 ``router_probability``? The threshold is calibrated with the cache's other bars over
 paraphrase-grouped folds (``ticketflow cache calibrate --second-opinion``).
 
-Fitted with scikit-learn (L-BFGS, a few seconds for 8,000 examples of 77 intents, cached on
+Fitted with scikit-learn (L-BFGS, seconds for 8,000 examples of 77 intents, cached on
 disk next to the examples' vectors); inference is one matrix product in numpy.
 """
 
