@@ -71,6 +71,14 @@ def out_of_scope(embedder: SentenceTransformerEmbedder, tune: list[LabelledQuery
     nobody = IntentClassifier.fit(embedder, seed, ROUTER_POLICY, cache_dir=models)
     vote = IntentClassifier(nobody.examples, nobody.vectors, ROUTER_POLICY)
     report: dict[str, Any] = {"hand_written": {}, "left_out_intents": {"intents": 15}}
+    # the linear model by itself on the held-out part, at the policy's bar: how often it is that sure, and right
+    assert everyone.linear is not None
+    bar = HitPolicy().router_probability
+    picks = everyone.linear.best(embedder.encode([redact(r.text) for r in holdout]))
+    sure = [(intent, row.label) for (intent, p), row in zip(picks, holdout, strict=True) if p >= bar]
+    report["linear_alone"] = {"bar": bar, "coverage": round(len(sure) / len(holdout), 4),
+                              "precision": round(sum(i == label for i, label in sure) / max(1, len(sure)), 4)}
+    say(f"linear model alone: {report['linear_alone']}")
     for name, opinions in (("cache_alone", None), ("second_opinion", everyone)):
         scores = evaluate(embedder, tune, asked, HitPolicy(), opinions=opinions).scores
         report["hand_written"][name] = {"queries": scores.queries, "hits": scores.hits}
