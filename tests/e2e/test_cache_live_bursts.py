@@ -41,5 +41,7 @@ def test_a_cold_cache_answers_topic_bursts_and_answers_them_right(settings: Sett
     assert hits >= 0.05 * len(rows), report["by_path"]  # the floor for bursts
     # right key, by the labels: at most one wrong hit in a sample of this size (0 of 599 in the
     # README's two full runs)
-    assert report["right_key_by_path"]["cache"] >= 1 - 1.0 / hits, report["right_key_by_path"]
+    # (the report rounds the rate to 4 digits, so count the wrong hits: 64/65 reads 0.9846 < 1 - 1/65)
+    wrong = round((1 - report["right_key_by_path"]["cache"]) * hits)
+    assert wrong <= 1, (wrong, hits, report["right_key_by_path"])
     assert report["llm_calls"] == report["billed_calls"]
