@@ -93,6 +93,7 @@ def one_round(settings: Settings, number: int, tickets: int, rate: float, timeou
         estimates = {
             "own": estimate(path_plan.agent, runs, pricing, same).estimated_micros,
             "group": estimate(path_plan.agent, runs, pricing, same, group_of=keys).estimated_micros,
+            "averaged": estimate(path_plan.agent, runs, pricing, same, averaged=True).estimated_micros,
             "route": estimate([as_stranger(t) for t in path_plan.agent], runs, pricing, same).estimated_micros,
         }
         shipped = replays.price(settings, path_plan, usage, keys)  # what `ticketflow replay --dry-run` prints

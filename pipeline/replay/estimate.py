@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +36,8 @@ class Call:
     tokens_out: int
     tokens_cached: int
     latency_ms: float
+    step: str = ""  # the agent step it served (a step's calls climb the cascade)
+    workflow: str = ""  # the route it was accounted to
 
 
 @dataclass
@@ -78,8 +80,93 @@ def runs_from_usage(records: Sequence[UsageRecord], since_ms: int | None = None)
         run.started_ms = min(run.started_ms, record.occurred_at - record.latency_ms)
         run.ended_ms = max(run.ended_ms, float(record.occurred_at))
         run.calls.append(Call(tier, record.model, record.tokens_in, record.tokens_out, record.tokens_cached,
-                              record.latency_ms))
+                              record.latency_ms, record.step, record.workflow))
     return list(runs.values())
+
+
+LADDER = ("cheap", "mid", "strong")  # the cascade's tiers, cheapest first (agent.factory.tiers)
+AVERAGED_WEIGHT = 10  # an averaged run's expectation counts as this many runs in the band
+
+
+class Cascade:
+    """How often a call at each tier was followed by one a tier up in the same step, and what
+    a call at each tier costs, from history: the cascade's escalation as a rate instead of
+    the coin a past run happened to flip.
+
+    A run's cost is mostly its structure (its route's steps, its prompts' tokens: the same
+    when the ticket is replayed) and partly its cascade's draws (whether a cheap answer was
+    confident enough: 0.2 ms of tokens, or the strong model: ten times that). A ticket's past
+    run is a good estimate of the first and one draw of the second; :meth:`expected` keeps
+    the run's structure and tokens and replaces each step's climb by its expectation.
+
+    Rates are kept per (route, step number, tier), the finest detail history has: a route's
+    steps differ (a classifying step, a lookup, an answer after a tool result) and pooling
+    them across routes was 15-20 % low on the very history it was fitted on, because the
+    routes a replay sends to the agent are not the pooled mix (the lookups stay, the easy
+    answers are deflected). A (route, step) history has not seen falls back to its step
+    number, then to the tier."""
+
+    def __init__(self, runs: Sequence[Run], cost: Callable[[Call], int], ladder: Sequence[str] = LADDER) -> None:
+        self.ladder = [t for t in ladder if any(c.tier == t for r in runs for c in r.calls)] or list(ladder)
+        self.cost = cost
+        self._up: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])  # key -> [escalated, calls]
+        self._models: dict[str, str] = {}  # tier -> the model history used for it
+        for run in runs:
+            for calls in self.steps(run):
+                for i, call in enumerate(calls):
+                    climbed = i + 1 < len(calls) and self._rank(calls[i + 1].tier) > self._rank(call.tier)
+                    for key in self._keys(call):
+                        self._up[key][0] += climbed
+                        self._up[key][1] += 1
+                    self._models[call.tier] = call.model
+
+    def _rank(self, tier: str) -> int:
+        return self.ladder.index(tier) if tier in self.ladder else len(self.ladder)
+
+    @staticmethod
+    def _keys(call: Call) -> tuple[tuple[str, ...], ...]:
+        number = call.step.rpartition(":")[2]
+        return (call.workflow, number, call.tier), (number, call.tier), (call.tier,)
+
+    def steps(self, run: Run) -> list[list[Call]]:
+        """The run's calls per step, each step's in cascade order."""
+        by_step: dict[str, list[Call]] = defaultdict(list)
+        for call in run.calls:
+            by_step[call.step].append(call)
+        return [sorted(calls, key=lambda c: self._rank(c.tier)) for calls in by_step.values()]
+
+    def rate(self, call: Call, tier: str) -> float:
+        """P(a call at ``tier`` climbs a tier), from the calls of ``call``'s route and step
+        number at that tier, else of its step number, else of the tier."""
+        for key in self._keys(replace(call, tier=tier)):
+            escalated, calls = self._up.get(key, (0, 0))
+            if calls:
+                return escalated / calls
+        return 0.0
+
+    def price(self, call: Call, tier: str) -> float:
+        """What ``call`` would have cost at ``tier``: an escalated call resends the step's prompt
+        (the same input tokens, nothing cached) and answers at about the same length, so its
+        own tokens priced at that tier's model (the model history used for it)."""
+        model = self._models.get(tier)
+        if model is None:
+            return 0.0
+        return float(self.cost(replace(call, tier=tier, model=model, tokens_cached=0)))
+
+    def expected(self, run: Run) -> float:
+        """The run's cost with each step's climb up the cascade at its expected rate: the
+        step's own calls where it made them, a tier's mean call where it did not."""
+        total = 0.0
+        for calls in self.steps(run):
+            first = calls[0]
+            extra = [c for c in calls[1:] if c.tier == first.tier]  # a tier asked twice (e.g. a re-ask)
+            total += sum(self.cost(c) for c in extra)
+            made = {c.tier: self.cost(c) for c in reversed(calls)}
+            reach = 1.0
+            for tier in self.ladder[self._rank(first.tier):] or [first.tier]:
+                total += reach * made.get(tier, self.price(first, tier))
+                reach *= self.rate(first, tier)
+        return total
 
 
 @dataclass(frozen=True)
@@ -119,7 +206,8 @@ class Estimate:
 
 def estimate(tickets: Sequence[AgentTicket], runs: Sequence[Run], pricing: PricingTable,
              model_of: Callable[[str, str], str], seed: int = 7,
-             group_of: Mapping[str, str] | None = None) -> Estimate:
+             group_of: Mapping[str, str] | None = None, averaged: bool = False,
+             ladder: Sequence[str] = LADDER) -> Estimate:
     """Price ``tickets`` from past ``runs``; ``model_of(tier, recorded_model)`` is the model
     the replay's lane uses for a tier (the recorded one when the lane does not change it).
 
@@ -135,19 +223,23 @@ def estimate(tickets: Sequence[AgentTicket], runs: Sequence[Run], pricing: Prici
     instead: the tickets the cache still sends to the agent were selected *by* their first
     run (an answer the cache trusts deflects the ticket now), so that run is not a fair
     draw of what the next one costs; its group's runs, deflected or not, are."""
-    def cost(run: Run) -> int:
+    def sum_cost(calls: Sequence[Call]) -> int:
         return sum(pricing.cost_micros(model_of(c.tier, c.model), c.tokens_in, c.tokens_out, c.tokens_cached)
-                   if model_of(c.tier, c.model) in pricing.prices else 0 for c in run.calls)
+                   if model_of(c.tier, c.model) in pricing.prices else 0 for c in calls)
+
+    def cost(run: Run) -> int:
+        return sum_cost(run.calls)
 
     by_route: dict[str, list[int]] = defaultdict(list)
     by_ticket: dict[str, list[int]] = defaultdict(list)
     by_group: dict[str, list[int]] = defaultdict(list)
     groups = group_of or {}
+    cascade = Cascade(runs, lambda c: sum_cost([c]), ladder) if averaged else None
     for run in runs:
         priced = cost(run)
         ticket = run.run_id.split("@", 1)[0]
         by_route[run.workflow].append(priced)
-        by_ticket[ticket].append(priced)
+        by_ticket[ticket].append(round(cascade.expected(run)) if cascade is not None else priced)
         if ticket in groups:
             by_group[groups[ticket]].append(priced)
     everything = [c for costs in by_route.values() for c in costs] or [0]
@@ -162,7 +254,10 @@ def estimate(tickets: Sequence[AgentTicket], runs: Sequence[Run], pricing: Prici
         if len(group) >= MIN_RUNS:
             return float(np.mean(group)), len(group)
         if ticket.ticket_id in by_ticket:
-            return float(np.mean(by_ticket[ticket.ticket_id])), len(by_ticket[ticket.ticket_id])
+            # averaged: the cascade's draws are out of it; what is left of a run is its
+            # structure, which a replay repeats (counted here as many runs)
+            runs_behind = len(by_ticket[ticket.ticket_id]) * (AVERAGED_WEIGHT if cascade is not None else 1)
+            return float(np.mean(by_ticket[ticket.ticket_id])), runs_behind
         return float(samples[ticket.route].mean()), len(samples[ticket.route])
 
     found = [expectation(t) for t in tickets]

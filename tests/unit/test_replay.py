@@ -9,7 +9,7 @@ import pytest
 from pipeline.errors import ValidationFailure
 from pipeline.events import TicketResolved, TicketSubmitted, UsageRecord
 from pipeline.llm.pricing import PricingTable
-from pipeline.replay.estimate import AgentTicket, estimate, runs_from_usage
+from pipeline.replay.estimate import AgentTicket, Call, Cascade, estimate, runs_from_usage
 from pipeline.replay.run import Selection, outcome_report
 from pipeline.replay.tags import checked_tag, is_replay, run_id
 from pipeline.replay.window import Window, parse_time
@@ -110,3 +110,53 @@ def test_an_expectation_resting_on_one_run_gets_a_wider_band_than_one_resting_on
                       group_of={f"t{i}": "card_arrival" for i in range(30)})
     assert alone.estimated_micros == pooled.estimated_micros  # the same sum: one draw each, or their mean
     assert alone.p95_micros - alone.low_micros > pooled.p95_micros - pooled.low_micros
+
+
+def cascade_history(route: str, runs: int, climbs: int, prefix: str, tokens_in: int = 1000) -> list[UsageRecord]:
+    """``runs`` one-step runs of ``route`` on the cheap tier, the first ``climbs`` of them
+    escalated to mid (the same prompt: an escalated call resends it)."""
+    records = []
+    for i in range(runs):
+        records.append(usage(f"{prefix}{i}", 0, "cheap", "gpt-4.1-nano", tokens_in, 100, workflow=route))
+        if i < climbs:
+            records.append(usage(f"{prefix}{i}", 0, "mid", "gpt-4.1-mini", tokens_in, 100, workflow=route))
+    return records
+
+
+def test_averaged_runs_keep_their_tokens_and_take_the_cascades_climb_at_its_rate() -> None:
+    pricing = PricingTable.load(None)
+
+    def cost(c: Call) -> int:
+        return pricing.cost_micros(c.model, c.tokens_in, c.tokens_out, c.tokens_cached)
+
+    runs = runs_from_usage(cascade_history("lookup", 10, 5, "l"))
+    cascade = Cascade(runs, cost)
+    by_id = {r.run_id: r for r in runs}
+    nano, mini = pricing.cost_micros("gpt-4.1-nano", 1000, 100, 0), pricing.cost_micros("gpt-4.1-mini", 1000, 100, 0)
+    # a run that stayed cheap and one that climbed are expected alike: the climb at its rate (5 of 10)
+    assert cascade.expected(by_id["l9"]) == pytest.approx(nano + 0.5 * mini)
+    assert cascade.expected(by_id["l0"]) == pytest.approx(nano + 0.5 * mini)
+    # fitted on the same runs, the expectations add up to what they cost
+    assert sum(cascade.expected(r) for r in runs) == pytest.approx(sum(cost(c) for r in runs for c in r.calls))
+    # a longer prompt is priced at its own tokens, at the rate of its route and step
+    long = runs_from_usage([usage("x", 0, "cheap", "gpt-4.1-nano", 3000, 100, workflow="lookup")])[0]
+    assert cascade.expected(long) == pytest.approx(pricing.cost_micros("gpt-4.1-nano", 3000, 100, 0)
+                                                   + 0.5 * pricing.cost_micros("gpt-4.1-mini", 3000, 100, 0))
+
+
+def test_escalation_rates_are_the_routes_own_not_a_pooled_mix() -> None:
+    pricing = PricingTable.load(None)
+    records = cascade_history("classify", 40, 4, "c") + cascade_history("lookup", 10, 8, "l")
+    runs = runs_from_usage(records)
+    tickets = [AgentTicket(f"l{i}", "lookup", 30_000) for i in range(10)]
+    averaged = estimate(tickets, runs, pricing, lambda tier, recorded: recorded, averaged=True)
+    own = estimate(tickets, runs, pricing, lambda tier, recorded: recorded)
+    # the lookup route climbs 8 times in 10 (the pooled history: 12 in 50); its tickets'
+    # expectations add up to what they cost, whichever of them happened to climb
+    assert averaged.estimated_micros == own.estimated_micros
+    one = estimate([AgentTicket("l9", "lookup", 30_000)], runs, pricing, lambda tier, recorded: recorded,
+                   averaged=True)
+    nano, mini = pricing.cost_micros("gpt-4.1-nano", 1000, 100, 0), pricing.cost_micros("gpt-4.1-mini", 1000, 100, 0)
+    assert one.estimated_micros == round(nano + 0.8 * mini)  # l9 stayed cheap, its route climbs 80 %
+    # an averaged expectation rests on more than one draw: a narrower band than the run's own
+    assert averaged.p95_micros - averaged.low_micros < own.p95_micros - own.low_micros
