@@ -95,7 +95,7 @@ class Cascade:
 
     A run's cost is mostly its structure (its route's steps, its prompts' tokens: the same
     when the ticket is replayed) and partly its cascade's draws (whether a cheap answer was
-    confident enough: 0.2 ms of tokens, or the strong model: ten times that). A ticket's past
+    confident enough, or the strong model at tens of times the cheap one's price). A ticket's past
     run is a good estimate of the first and one draw of the second; :meth:`expected` keeps
     the run's structure and tokens and replaces each step's climb by its expectation.
 
@@ -155,7 +155,7 @@ class Cascade:
 
     def expected(self, run: Run) -> float:
         """The run's cost with each step's climb up the cascade at its expected rate: the
-        step's own calls where it made them, a tier's mean call where it did not."""
+        step's own calls where it made them, its prompt at the tier's price where it did not."""
         total = 0.0
         for calls in self.steps(run):
             first = calls[0]
@@ -222,7 +222,12 @@ def estimate(tickets: Sequence[AgentTicket], runs: Sequence[Run], pricing: Prici
     gave), a ticket whose group has ``MIN_RUNS`` runs is expected at the group's mean
     instead: the tickets the cache still sends to the agent were selected *by* their first
     run (an answer the cache trusts deflects the ticket now), so that run is not a fair
-    draw of what the next one costs; its group's runs, deflected or not, are."""
+    draw of what the next one costs; its group's runs, deflected or not, are.
+
+    With ``averaged``, a ticket's own runs count at :meth:`Cascade.expected` (their steps and
+    tokens, the cascade's climbs at their route's rates) instead of what they cost. Measured
+    beside the default (bench/replay_estimate_bench.py, README "Replay and backfill"), it
+    did no better: the replay's own draw dominates the error, so it is not the default."""
     def sum_cost(calls: Sequence[Call]) -> int:
         return sum(pricing.cost_micros(model_of(c.tier, c.model), c.tokens_in, c.tokens_out, c.tokens_cached)
                    if model_of(c.tier, c.model) in pricing.prices else 0 for c in calls)
