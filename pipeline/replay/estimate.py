@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import numpy.typing as npt
 
 from pipeline.cache.audit import AUDIT_WORKFLOW
 from pipeline.events import UsageRecord
@@ -153,6 +154,47 @@ class Cascade:
             return 0.0
         return float(self.cost(replace(call, tier=tier, model=model, tokens_cached=0)))
 
+    def ladders(self, run: Run) -> list[tuple[float, list[float], list[float]]]:
+        """Each step as (its fixed cost, a call's price at each tier of the ladder, the rate
+        of climbing from each tier): tiers below the step's first are priced 0 and passed."""
+        out = []
+        for calls in self.steps(run):
+            first = calls[0]
+            start = self._rank(first.tier)
+            fixed = float(sum(self.cost(c) for c in calls[1:] if c.tier == first.tier))  # a tier asked twice
+            made = {c.tier: self.cost(c) for c in reversed(calls)}
+            if start >= len(self.ladder):  # a tier outside the ladder: what it cost, no climb
+                out.append((fixed + made[first.tier], [0.0] * len(self.ladder), [0.0] * len(self.ladder)))
+                continue
+            prices = [0.0 if i < start else float(made.get(t, self.price(first, t))) for i, t in enumerate(self.ladder)]
+            rates = [1.0 if i < start else self.rate(first, t) for i, t in enumerate(self.ladder)]
+            out.append((fixed, prices, rates))
+        return out
+
+    def draws(self, runs: Sequence[Run], rng: np.random.Generator, count: int,
+              chunk: int = 256) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``count`` draws of what each run costs again (its steps and tokens, each step's
+        climb drawn at its rate), shape (count, len(runs)), and each run's expected cost."""
+        steps = [(i, ladder) for i, run in enumerate(runs) for ladder in self.ladders(run)]
+        out = np.zeros((count, len(runs)))
+        means = np.zeros(len(runs))
+        width = len(self.ladder)
+        for start in range(0, len(steps), chunk):
+            part = steps[start:start + chunk]
+            owner = np.array([i for i, _ in part])
+            fixed = np.array([f for _, (f, _, _) in part])
+            prices = np.array([p for _, (_, p, _) in part]).reshape(len(part), width)
+            rates = np.array([r for _, (_, _, r) in part]).reshape(len(part), width)
+            # reach[l]: the step got to ladder position l (position 0 always; then each climb)
+            climbs = rng.random((count, len(part), width - 1)) < rates[None, :, :-1]
+            reach = np.concatenate([np.ones((count, len(part), 1), dtype=bool),
+                                    np.cumprod(climbs, axis=2).astype(bool)], axis=2)
+            cost = fixed[None, :] + (reach * prices[None, :, :]).sum(axis=2)
+            np.add.at(out.T, owner, cost.T)  # each step's draws onto its run's column
+            expected_reach = np.concatenate([np.ones((len(part), 1)), np.cumprod(rates[:, :-1], axis=1)], axis=1)
+            np.add.at(means, owner, fixed + (expected_reach * prices).sum(axis=1))
+        return out, means
+
     def expected(self, run: Run) -> float:
         """The run's cost with each step's climb up the cascade at its expected rate: the
         step's own calls where it made them, its prompt at the tier's price where it did not."""
@@ -239,10 +281,13 @@ def estimate(tickets: Sequence[AgentTicket], runs: Sequence[Run], pricing: Prici
     by_ticket: dict[str, list[int]] = defaultdict(list)
     by_group: dict[str, list[int]] = defaultdict(list)
     groups = group_of or {}
-    cascade = Cascade(runs, lambda c: sum_cost([c]), ladder) if averaged else None
+    model = Cascade(runs, lambda c: sum_cost([c]), ladder)
+    cascade = model if averaged else None
+    latest: dict[str, Run] = {}  # each ticket's last run: its steps and tokens, for the band
     for run in runs:
         priced = cost(run)
         ticket = run.run_id.split("@", 1)[0]
+        latest[ticket] = run
         by_route[run.workflow].append(priced)
         by_ticket[ticket].append(round(cascade.expected(run)) if cascade is not None else priced)
         if ticket in groups:
@@ -274,8 +319,28 @@ def estimate(tickets: Sequence[AgentTicket], runs: Sequence[Run], pricing: Prici
     spread = np.array([np.sqrt(1 + 1 / max(1, k)) for _, k in found])
     rng = np.random.default_rng(seed)
     totals = np.zeros(DRAWS)
+    # A ticket with a run of its own: its steps again, each step's climb up the cascade drawn
+    # at its route's rate (the climbs are the noise: a handful of strong-tier calls swing a
+    # window's total), around its expectation.
+    # The expectation itself rests on k earlier draws: it is off by their mean's deviation,
+    # drawn as a second set (for k = 1 exactly: the difference of two draws, symmetric, where
+    # one draw scaled by sqrt(2) kept the cascade's skew and held the replay's cost too rarely:
+    # tests/unit/test_replay.py).
+    known = [i for i, t in enumerate(tickets) if t.ticket_id in latest]
+    if known:
+        again = [latest[tickets[i].ticket_id] for i in known]
+        drawn, means = model.draws(again, rng, DRAWS)
+        earlier, _ = model.draws(again, rng, DRAWS)
+        behind = np.array([max(1, found[i][1]) for i in known], dtype=np.float64)
+        deviation = (drawn - means) - (earlier - means) / np.sqrt(behind)
+        # (clipped as a whole, not per ticket: a ticket's own expectation may sit below the
+        # strong-tier call its earlier run made, and clipping each would bias the sum upwards)
+        totals += np.maximum(expected[known].sum() + deviation.sum(axis=1), 0)
+    # Any other ticket: a past run of its route, shifted to the route's mean.
     for route in samples:
-        members = np.array([i for i, t in enumerate(tickets) if t.route == route])
+        members = np.array([i for i, t in enumerate(tickets) if t.route == route and t.ticket_id not in latest])
+        if len(members) == 0:
+            continue
         values = samples[route]
         centred = values - values.mean()
         n = len(members)

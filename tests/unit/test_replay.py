@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -69,7 +70,9 @@ def test_a_ticket_that_ran_before_is_priced_at_its_own_runs_the_rest_at_their_ro
     own = 140 + 2800  # h's own run: nano + gpt-4.1 at list prices
     route_mean = (20 * 140 + own) / 21
     assert same.estimated_micros == round(own + route_mean)
-    assert same.low_micros <= same.estimated_micros <= same.p95_micros <= same.max_micros == 60_000
+    # (the band's own test is below: two tickets whose cost is a rare strong-tier call are too
+    # skewed for the 95th percentile to sit above the mean)
+    assert same.low_micros <= same.p95_micros <= same.max_micros == 60_000
     assert same.batch_api_micros == round((own + route_mean) / 2)
     # the batch lane's models price the same tokens again
     mini = estimate([AgentTicket("new", "fallback_agent", 30_000)], runs, pricing,
@@ -160,3 +163,37 @@ def test_escalation_rates_are_the_routes_own_not_a_pooled_mix() -> None:
     assert one.estimated_micros == round(nano + 0.8 * mini)  # l9 stayed cheap, its route climbs 80 %
     # an averaged expectation rests on more than one draw: a narrower band than the run's own
     assert averaged.p95_micros - averaged.low_micros < own.p95_micros - own.low_micros
+
+
+def cascade_runs(rng: random.Random, tickets: int, tag: str | None) -> list[UsageRecord]:
+    """One run per ticket of a known cascade: ticket i has 1 + i % 3 steps of 400-2,000 input
+    tokens; each step's cheap call climbs to mid at 35 %, a mid call to strong at 15 %."""
+    records = []
+    for i in range(tickets):
+        run = f"t{i}" if tag is None else f"t{i}@{tag}"
+        for step in range(1 + i % 3):
+            tokens = 400 + (i * 137 + step * 311) % 1600
+            records.append(usage(run, step, "cheap", "gpt-4.1-nano", tokens, 80))
+            if rng.random() < 0.35:
+                records.append(usage(run, step, "mid", "gpt-4.1-mini", tokens, 80))
+                if rng.random() < 0.15:
+                    records.append(usage(run, step, "strong", "gpt-4.1", tokens, 80))
+    return records
+
+
+def test_the_band_holds_the_replays_cost_as_often_as_it_says() -> None:
+    """History and replay are two draws of the same cascade: the band (2.5th to 95th
+    percentile) must hold the replay's cost about 92.5 % of the time. (The band drawn from
+    the route's runs instead held it in 5 of 8 rounds of bench/replay_estimate_bench.py.)"""
+    pricing = PricingTable.load(None)
+    rng = random.Random(11)
+    tickets = [AgentTicket(f"t{i}", "fallback_agent", 60_000) for i in range(120)]
+    held = 0
+    rounds = 60
+    for r in range(rounds):
+        history = runs_from_usage(cascade_runs(rng, 120, None))
+        replay = cascade_runs(rng, 120, "r")
+        actual = sum(pricing.cost_micros(u.model, u.tokens_in, u.tokens_out, 0) for u in replay)
+        band = estimate(tickets, history, pricing, lambda tier, recorded: recorded, seed=r)
+        held += band.low_micros <= actual <= band.p95_micros
+    assert 0.85 * rounds <= held <= rounds, held
