@@ -195,5 +195,6 @@ def test_the_band_holds_the_replays_cost_as_often_as_it_says() -> None:
         replay = cascade_runs(rng, 120, "r")
         actual = sum(pricing.cost_micros(u.model, u.tokens_in, u.tokens_out, 0) for u in replay)
         band = estimate(tickets, history, pricing, lambda tier, recorded: recorded, seed=r)
+        assert band.low_micros <= band.estimated_micros <= band.p95_micros <= band.max_micros
         held += band.low_micros <= actual <= band.p95_micros
     assert 0.85 * rounds <= held <= rounds, held
