@@ -191,24 +191,22 @@ class Cascade:
                                     np.cumprod(climbs, axis=2).astype(bool)], axis=2)
             cost = fixed[None, :] + (reach * prices[None, :, :]).sum(axis=2)
             np.add.at(out.T, owner, cost.T)  # each step's draws onto its run's column
-            expected_reach = np.concatenate([np.ones((len(part), 1)), np.cumprod(rates[:, :-1], axis=1)], axis=1)
-            np.add.at(means, owner, fixed + (expected_reach * prices).sum(axis=1))
+            np.add.at(means, owner, [_expected_step(*ladder) for _, ladder in part])
         return out, means
 
     def expected(self, run: Run) -> float:
         """The run's cost with each step's climb up the cascade at its expected rate: the
         step's own calls where it made them, its prompt at the tier's price where it did not."""
-        total = 0.0
-        for calls in self.steps(run):
-            first = calls[0]
-            extra = [c for c in calls[1:] if c.tier == first.tier]  # a tier asked twice (e.g. a re-ask)
-            total += sum(self.cost(c) for c in extra)
-            made = {c.tier: self.cost(c) for c in reversed(calls)}
-            reach = 1.0
-            for tier in self.ladder[self._rank(first.tier):] or [first.tier]:
-                total += reach * made.get(tier, self.price(first, tier))
-                reach *= self.rate(first, tier)
-        return total
+        return sum(_expected_step(fixed, prices, rates) for fixed, prices, rates in self.ladders(run))
+
+
+def _expected_step(fixed: float, prices: Sequence[float], rates: Sequence[float]) -> float:
+    """A step's fixed cost plus each ladder position's price times the chance of reaching it."""
+    total, reach = fixed, 1.0
+    for price, rate in zip(prices, rates, strict=True):
+        total += reach * price
+        reach *= rate
+    return total
 
 
 @dataclass(frozen=True)
