@@ -19,6 +19,7 @@ Neither ONNX backend imports torch once the export exists: a cache worker stays 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -116,16 +117,23 @@ class SentenceTransformerEmbedder:
         self.max_length = int(bert.get("max_seq_length", 256))
         self.dim = int(pooling["word_embedding_dimension"])
         onnx_path = export_dir / f"{self.model_path.name}-{self._fingerprint()}.onnx"
-        if not onnx_path.exists():
-            self._export(onnx_path)
-        if quantized:
-            int8_path = onnx_path.with_name(onnx_path.stem + "-int8.onnx")
-            if not int8_path.exists():
-                from onnxruntime.quantization import QuantType, quantize_dynamic
+        int8_path = onnx_path.with_name(onnx_path.stem + "-int8.onnx")
+        if not onnx_path.exists() or (quantized and not int8_path.exists()):
+            # One process builds the files, the others wait for them: two workers started at
+            # once on a new state directory both exported and quantized, and one of them
+            # failed ("Failed to find proper ai.onnx domain") and exited.
+            export_dir.mkdir(parents=True, exist_ok=True)
+            with (export_dir / ".export.lock").open("w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not onnx_path.exists():
+                    self._export(onnx_path)
+                if quantized and not int8_path.exists():
+                    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                tmp = int8_path.with_suffix(f".{os.getpid()}.tmp")
-                quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8)
-                os.replace(tmp, int8_path)
+                    tmp = int8_path.with_suffix(f".{os.getpid()}.tmp")
+                    quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8)
+                    os.replace(tmp, int8_path)
+        if quantized:
             onnx_path = int8_path
         options = onnxruntime.SessionOptions()
         if threads:

@@ -118,7 +118,8 @@ class Engine:
     def run(self) -> None:
         kafka = self.kafka = Transactions(self.binding.name, self.settings, self.serde, self.instance_id,
                                           self.metrics,
-                                          fetch_wait_ms=self.interval_ms if self.binding.background else 50)
+                                          fetch_wait_ms=self.interval_ms if self.binding.background else 50,
+                                          progress=self._waiting_for_broker)
         try:
             kafka.start(self.topics, self._assigned, self._revoked)
             log.info("%s: consuming %s as %s (%s, up to %d in flight)", self.binding.name, self.topics,
@@ -138,6 +139,12 @@ class Engine:
                 self._commit_ready()
         finally:
             kafka.close()
+
+    def _waiting_for_broker(self) -> None:
+        """A Kafka call of the batch returned to be retried: the batch waits for the broker,
+        it is not stuck in the client (the watchdog's clock starts again)."""
+        if self.batch_started is not None:
+            self.batch_started = time.monotonic()
 
     # -- 1. take -------------------------------------------------------------------------
 

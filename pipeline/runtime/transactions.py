@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,8 +52,12 @@ def egress_topic(output: Output) -> str:
 
 class Transactions:
     def __init__(self, name: str, settings: Settings, serde: AvroSerde, instance_id: str,
-                 metrics: RuntimeMetrics, fetch_wait_ms: int = 50) -> None:
+                 metrics: RuntimeMetrics, fetch_wait_ms: int = 50,
+                 progress: Callable[[], None] | None = None) -> None:
         self.name = name
+        #: called while a call waits for the broker and returns to wait again (an outage): the
+        #: worker's watchdog restarts a thread stuck in one call, not one that keeps retrying
+        self.progress = progress or (lambda: None)
         self.settings = settings
         self.serde = serde
         self.metrics = metrics
@@ -61,11 +66,14 @@ class Transactions:
         self.transactional_id = f"{self.group}.{instance_id}"
         self.dlq_topic = topic_name(prefix, "tickets.dlq")
         self._commits = 0
+        #: producers made so far; a callback of an earlier one (closing in the background) is ignored
+        self._generation = 0
         common = settings.kafka_common()
         self.consumer: Any = Consumer({
             **common,
             "group.id": self.group,
             "client.id": self.transactional_id,
+            "error_cb": lambda error: self._on_error(error, self._generation),
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
@@ -75,24 +83,73 @@ class Transactions:
             "max.poll.interval.ms": 300_000,
             "fetch.wait.max.ms": fetch_wait_ms,
         })
-        self.producer: Any = Producer({
-            **common,
+        self.producer: Any = self._new_producer()
+        #: the broker was unreachable since the producer was made (all connections down, or the
+        #: group session lost): the next transaction starts on a new producer (see ``begin``)
+        self.broker_lost = False
+        #: KIP-447's group metadata changes only with the group's generation: asked for once
+        #: per assignment (the call waits on librdkafka's thread while holding the GIL)
+        self._group_metadata: Any = None
+
+    def _new_producer(self) -> Any:
+        self._generation += 1
+        generation = self._generation
+        return Producer({
+            **self.settings.kafka_common(),
             "transactional.id": self.transactional_id,
             "client.id": self.transactional_id,
+            "error_cb": lambda error: self._on_error(error, generation),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 2,
             "compression.type": "lz4",
             "message.max.bytes": PRODUCER_MAX_BYTES,
-            "transaction.timeout.ms": settings.transaction_timeout_ms,
+            "transaction.timeout.ms": self.settings.transaction_timeout_ms,
             # A transaction begun right after a commit meets CONCURRENT_TRANSACTIONS until the
             # broker has written the last one's markers; librdkafka waits retry.backoff.ms
             # (100 ms by default) before asking again. Java's producer special-cases 20 ms.
             "retry.backoff.ms": 20,
         })
-        #: KIP-447's group metadata changes only with the group's generation: asked for once
-        #: per assignment (the call waits on librdkafka's thread while holding the GIL)
-        self._group_metadata: Any = None
+
+    def _on_error(self, error: KafkaError, generation: int) -> None:
+        """librdkafka's client-level errors (served by the consumer's consume and the producer's
+        poll and flush, on this engine's thread)."""
+        if generation != self._generation:
+            return  # a producer given up, closing
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.broker_lost = True
+            log.warning("%s: kafka: %s", self.name, error)
+        else:  # a connection's failure, retried by librdkafka (which logs it too)
+            log.debug("%s: kafka: %s", self.name, error)
+
+    def _renew_producer(self) -> None:
+        """A new transactional producer after the broker was lost, the open transaction (if
+        any) left to the broker to abort.
+
+        librdkafka (2.16) keeps the group coordinator's connection of before an outage in its
+        coordinator cache; when that connection was decommissioned (the broker left the
+        metadata while it restarted), ``send_offsets_to_transaction`` and the abort wait for it
+        past their timeouts, for good (confluentinc/librdkafka#5511, #5456). Measured here: the
+        first commit after a broker restart hung until the watchdog restarted the process. A
+        new producer looks the coordinator up afresh, and its ``init_transactions`` fences the
+        old one's epoch and aborts its open transaction on the broker. The old one is closed
+        on a thread of its own, since its close may wait on the same lost connection."""
+        log.info("%s: the broker was unreachable; the next transaction starts on a new producer", self.name)
+        self.progress()  # the call that failed returned: waiting, not stuck
+        old = self.producer
+        self.producer = self._new_producer()
+        self.broker_lost = False
+        threading.Thread(target=old.close, name=f"close-{self.name}", daemon=True).start()
+        while True:
+            try:
+                self.producer.init_transactions(self.settings.transaction_timeout_ms / 1000)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+                log.warning("%s: the new producer cannot start its transactions yet (%s); retrying",
+                            self.name, exc.args[0])
+                self.progress()
 
     def start(self, topics: list[str], on_assign: Callable[..., None], on_revoke: Callable[..., None]) -> None:
         # Fences a previous incarnation with this transactional.id and aborts its open
@@ -106,7 +163,11 @@ class Transactions:
             self._group_metadata = None
             on_revoke(consumer, partitions)
 
-        self.consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+        def lost(consumer: Any, partitions: list[TopicPartition]) -> None:
+            self.broker_lost = True  # the group session timed out: the coordinator was unreachable
+            revoked(consumer, partitions)
+
+        self.consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked, on_lost=lost)
 
     def close(self) -> None:
         self.consumer.close()
@@ -167,6 +228,8 @@ class Transactions:
     # -- transactions --------------------------------------------------------------------
 
     def begin(self) -> None:
+        if self.broker_lost:
+            self._renew_producer()
         self.producer.begin_transaction()
 
     def commit(self, records: Sequence[Message],
@@ -187,7 +250,13 @@ class Transactions:
             # Outputs first: their AddPartitionsToTxn is retried at once when the previous
             # transaction's markers are still being written, where AddOffsetsToTxn, sent first,
             # waited retry.backoff.ms (measured: 63 ms a transaction back to back, 4.8 flushed).
-            self.producer.flush(self.settings.transaction_timeout_ms / 1000)
+            undelivered = self.producer.flush(self.settings.transaction_timeout_ms / 1000)
+            if undelivered or self.broker_lost:  # the broker went away in this transaction
+                log.warning("%s: the broker is unreachable (%d outputs undelivered); %d records to redo "
+                            "on a new producer", self.name, undelivered, len(records))
+                self._renew_producer()
+                self.metrics.retries.labels(self.name, "transaction_aborted").inc()
+                return False
             if self._group_metadata is None:
                 self._group_metadata = self.consumer.consumer_group_metadata()
             self.producer.send_offsets_to_transaction(
@@ -200,10 +269,15 @@ class Transactions:
             error: KafkaError = exc.args[0]
             if error.txn_requires_abort():
                 log.warning("%s: transaction aborted (%s); %d records to redo", self.name, error, len(records))
-                self.producer.abort_transaction(60)
-                self.metrics.retries.labels(self.name, "transaction_aborted").inc()
-                return False
-            raise
+                self._abort()
+            elif error.retriable():  # the broker did not answer in time: an outage, a restart
+                log.warning("%s: transaction given up (%s); %d records to redo on a new producer",
+                            self.name, error, len(records))
+                self._renew_producer()
+            else:
+                raise
+            self.metrics.retries.labels(self.name, "transaction_aborted").inc()
+            return False
         self.metrics.transaction_seconds.labels(self.name).observe(time.perf_counter() - started)
         self.metrics.batch_size.labels(self.name).observe(len(records))
         return True
@@ -215,6 +289,16 @@ class Transactions:
         log.critical("%s: injected crash before commit %d", self.name, self._commits)
         os._exit(137)
 
+    def _abort(self) -> None:
+        """Abort the open transaction; a new producer when the broker does not confirm it."""
+        try:
+            self.producer.abort_transaction(self.settings.transaction_timeout_ms / 1000)
+        except KafkaException as exc:
+            if not exc.args[0].retriable():
+                raise
+            log.warning("%s: abort not confirmed (%s)", self.name, exc.args[0])
+            self._renew_producer()
+
     def _commit_with_retry(self) -> None:
         while True:
             try:
@@ -223,6 +307,7 @@ class Transactions:
             except KafkaException as exc:
                 if exc.args[0].retriable():
                     log.warning("%s: commit not yet confirmed (%s); retrying", self.name, exc.args[0])
+                    self.progress()
                     continue
                 raise
 
