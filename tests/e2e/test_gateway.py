@@ -261,11 +261,19 @@ def test_the_gateway_killed_while_requests_wait_loses_no_accepted_ticket(stack: 
         except httpx.TransportError:
             return 0, ""
 
-    with concurrent.futures.ThreadPoolExecutor(len(keys)) as pool:
-        futures = [pool.submit(post, second.url, key, 30) for key in keys]
-        time.sleep(1.0)
-        second.kill9()
-        first = [f.result() for f in futures]
+    # The worker is paused while the requests are posted and the gateway is killed, so that
+    # they are still waiting when it dies: a warm pipeline answered all 40 within the second
+    # before the kill, and the test then tested nothing.
+    assert stack.worker.proc is not None
+    stack.worker.proc.send_signal(signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(keys)) as pool:
+            futures = [pool.submit(post, second.url, key, 30) for key in keys]
+            time.sleep(1.0)
+            second.kill9()
+            first = [f.result() for f in futures]
+    finally:
+        stack.worker.proc.send_signal(signal.SIGCONT)
     assert any(code == 0 for code, _ in first), "the kill came after every request was answered"
     # Clients retry on the surviving gateway with the same Idempotency-Key: the same ticket,
     # answered through Kafka.
