@@ -252,11 +252,7 @@ class Transactions:
             # waited retry.backoff.ms (measured: 63 ms a transaction back to back, 4.8 flushed).
             undelivered = self.producer.flush(self.settings.transaction_timeout_ms / 1000)
             if undelivered or self.broker_lost:  # the broker went away in this transaction
-                log.warning("%s: the broker is unreachable (%d outputs undelivered); %d records to redo "
-                            "on a new producer", self.name, undelivered, len(records))
-                self._renew_producer()
-                self.metrics.retries.labels(self.name, "transaction_aborted").inc()
-                return False
+                return self._give_up(f"the broker is unreachable ({undelivered} outputs undelivered)", records)
             if self._group_metadata is None:
                 self._group_metadata = self.consumer.consumer_group_metadata()
             self.producer.send_offsets_to_transaction(
@@ -270,14 +266,11 @@ class Transactions:
             if error.txn_requires_abort():
                 log.warning("%s: transaction aborted (%s); %d records to redo", self.name, error, len(records))
                 self._abort()
-            elif error.retriable():  # the broker did not answer in time: an outage, a restart
-                log.warning("%s: transaction given up (%s); %d records to redo on a new producer",
-                            self.name, error, len(records))
-                self._renew_producer()
-            else:
-                raise
-            self.metrics.retries.labels(self.name, "transaction_aborted").inc()
-            return False
+                self.metrics.retries.labels(self.name, "transaction_aborted").inc()
+                return False
+            if error.retriable():  # the broker did not answer in time: an outage, a restart
+                return self._give_up(str(error), records)
+            raise
         self.metrics.transaction_seconds.labels(self.name).observe(time.perf_counter() - started)
         self.metrics.batch_size.labels(self.name).observe(len(records))
         return True
@@ -288,6 +281,15 @@ class Transactions:
         self.producer.flush(30)
         log.critical("%s: injected crash before commit %d", self.name, self._commits)
         os._exit(137)
+
+    def _give_up(self, reason: str, records: Sequence[Message]) -> bool:
+        """The open transaction left to the broker to abort (a new producer fences it); the
+        caller redoes its records. Always False, what ``commit`` returns."""
+        log.warning("%s: transaction given up (%s); %d records to redo on a new producer",
+                    self.name, reason, len(records))
+        self._renew_producer()
+        self.metrics.retries.labels(self.name, "transaction_aborted").inc()
+        return False
 
     def _abort(self) -> None:
         """Abort the open transaction; a new producer when the broker does not confirm it."""
