@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     embedding_process: bool = Field(
         default=True, description="TICKETFLOW_EMBEDDING_PROCESS: a worker's encoder runs in a child process, "
         "out of the reach of the worker's GIL (the onnx backends)")
+    embedding_processes: int = Field(
+        default=1, ge=1, description="TICKETFLOW_EMBEDDING_PROCESSES: encoder processes per worker; a batch is "
+        "dealt out among them and encoded in parallel")
     gil_switch_ms: float = Field(
         default=5.0, gt=0, description="TICKETFLOW_GIL_SWITCH_MS: the worker's sys.setswitchinterval; a thread "
         "back from I/O waits up to this long for the GIL while others compute")

@@ -120,3 +120,49 @@ class EmbedderProcess:
     def close(self) -> None:
         with self._lock:
             self._discard()
+
+
+class EmbedderProcesses:
+    """Several encoder processes: each batch is dealt out among them and encoded in parallel.
+
+    At 100 tickets/s the cache stage's thread spent 43 % of its wall time waiting for its one
+    encoder process (py-spy ``--idle``), one text after another, while the machine's two cores
+    were not both busy. The texts are dealt round-robin (a batch comes sorted by length, so
+    each process gets a like share of long and short ones); each process is an
+    :class:`EmbedderProcess` (restarted alone when it dies). Every text is still encoded
+    alone, so its vector does not depend on how the batch was split."""
+
+    def __init__(self, processes: int, model_path: Path | None = None, backend: Backend = "onnx-int8",
+                 export_dir: Path | None = None, threads: int | None = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if processes < 1:
+            raise ConfigurationError("at least one encoder process is needed")
+        self._children = [EmbedderProcess(model_path, backend, export_dir, threads) for _ in range(processes)]
+        self.name, self.dim = self._children[0].name, self._children[0].dim
+        self._helpers = ThreadPoolExecutor(max(1, processes - 1), thread_name_prefix="ticketflow-encoder-io")
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        n = min(len(self._children), len(texts))
+        if n <= 1:
+            return self._children[0].encode(texts)
+        shares = [list(texts[i::n]) for i in range(n)]
+        futures = [self._helpers.submit(child.encode, share)
+                   for child, share in zip(self._children[1:n], shares[1:], strict=True)]
+        try:
+            first = self._children[0].encode(shares[0])
+        finally:
+            done = [f.exception() for f in futures]  # every process answers before any failure is raised
+        for error in done:
+            if error is not None:
+                raise error
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out[0::n] = first
+        for i, future in enumerate(futures, start=1):
+            out[i::n] = future.result()
+        return out
+
+    def close(self) -> None:
+        for child in self._children:
+            child.close()
+        self._helpers.shutdown(wait=False)

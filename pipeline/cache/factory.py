@@ -6,7 +6,7 @@ import logging
 import threading
 
 from pipeline.cache.embedder import Embedder, MicroBatcher, SentenceTransformerEmbedder
-from pipeline.cache.embedder_process import EmbedderProcess
+from pipeline.cache.embedder_process import EmbedderProcess, EmbedderProcesses
 from pipeline.cache.index import VectorIndex
 from pipeline.cache.metrics import CacheMetrics
 from pipeline.cache.semantic_cache import KbVersions, PolicyBook, PolicyLevels, SecondOpinions, SemanticCache
@@ -20,10 +20,15 @@ SWEEP_INTERVAL_S = 60.0
 def build_embedder(settings: Settings, in_worker: bool = False) -> MicroBatcher:
     """The encoder behind a micro-batcher; in a worker (``in_worker``), in a process of its own
     unless TICKETFLOW_EMBEDDING_PROCESS=false (pipeline/cache/embedder_process.py)."""
-    kind = (EmbedderProcess if in_worker and settings.embedding_process and settings.embedding_backend != "torch"
-            else SentenceTransformerEmbedder)
-    embedder: Embedder = kind(backend=settings.embedding_backend, export_dir=settings.state_dir / "models",
-                              threads=settings.embedding_threads or settings.native_threads)
+    backend, models = settings.embedding_backend, settings.state_dir / "models"
+    threads = settings.embedding_threads or settings.native_threads
+    embedder: Embedder
+    if not (in_worker and settings.embedding_process and backend != "torch"):
+        embedder = SentenceTransformerEmbedder(backend=backend, export_dir=models, threads=threads)
+    elif settings.embedding_processes > 1:
+        embedder = EmbedderProcesses(settings.embedding_processes, backend=backend, export_dir=models, threads=threads)
+    else:
+        embedder = EmbedderProcess(backend=backend, export_dir=models, threads=threads)
     return MicroBatcher(embedder, settings.embedding_max_batch, settings.embedding_max_wait_ms)
 
 

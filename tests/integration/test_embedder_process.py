@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.cache.embedder import SentenceTransformerEmbedder
-from pipeline.cache.embedder_process import EmbedderProcess
+from pipeline.cache.embedder_process import EmbedderProcess, EmbedderProcesses
 from pipeline.datasets import banking77_split
 from pipeline.errors import TransientError
 
@@ -50,3 +50,33 @@ def test_a_killed_child_is_a_transient_fault_and_the_next_batch_gets_a_new_one(t
         assert child._process is not None and child._process.pid != first
     finally:
         child.close()
+
+
+def test_several_processes_deal_a_batch_out_and_give_the_same_rows_in_order(texts: list[str]) -> None:
+    here = SentenceTransformerEmbedder()
+    pool = EmbedderProcesses(3)
+    try:
+        assert (pool.name, pool.dim) == (here.name, here.dim)
+        np.testing.assert_array_equal(pool.encode(texts), here.encode(texts))
+        np.testing.assert_array_equal(pool.encode(texts[:2]), here.encode(texts[:2]))  # fewer texts than processes
+        assert pool.encode([]).shape == (0, here.dim)
+        pids = {c._process.pid for c in pool._children if c._process is not None}
+        assert len(pids) == 3
+    finally:
+        pool.close()
+
+
+def test_one_killed_process_of_several_is_a_transient_fault_and_is_replaced(texts: list[str]) -> None:
+    pool = EmbedderProcesses(2)
+    try:
+        before = pool.encode(texts[:6])
+        victim = pool._children[1]._process
+        assert victim is not None and victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=10)
+        with pytest.raises(TransientError):
+            pool.encode(texts[:6])
+        np.testing.assert_array_equal(pool.encode(texts[:6]), before)  # no reply left behind in a pipe
+        assert pool._children[1]._process is not None and pool._children[1]._process.pid != victim.pid
+    finally:
+        pool.close()
