@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -35,20 +35,30 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.errors import SchemaError
 from pipeline.events import TicketSubmitted, to_record
 from pipeline.gateway.fanout import RESOLVED, FanOut, Progress
 from pipeline.gateway.keys import KeyLookup
+from pipeline.gateway.middleware import BodyLimit, Measure
+from pipeline.gateway.models import (
+    ERRORS,
+    Accepted,
+    ErrorBody,
+    Health,
+    Rejected,
+    Resolved,
+    TicketIn,
+    error,
+    unavailable,
+)
 from pipeline.gateway.producer import AsyncProducer
 from pipeline.gateway.status import TicketStatus, resolved_writer
 from pipeline.runtime.context import redis_client
 from pipeline.runtime.worker import make_serde
 from pipeline.settings import Settings
-from processors.intake import MAX_METADATA_ENTRIES, IntakeLimits, normalise, ticket_problem
+from processors.intake import IntakeLimits, normalise, ticket_problem
 
 log = logging.getLogger(__name__)
 
@@ -57,81 +67,6 @@ MAX_WAIT_S = 60
 SETTINGS_ENV = "TF_GATEWAY_SETTINGS_JSON"
 #: the cyclic collector's generation thresholds while serving (CPython's: 700, 10, 10)
 GC_THRESHOLDS = (20_000, 20, 20)
-
-
-class TicketIn(BaseModel):
-    """A ticket as an app posts it. The tenant is never part of it: it comes from the key."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ticket_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$",
-                                  description="your id (default: generated); a ticket id is answered once")
-    customer_id: str | None = Field(default=None, max_length=128)
-    subject: str | None = Field(default=None, max_length=256)
-    # at least one character that is neither a space nor a control character: intake's
-    # normalisation leaves nothing of anything else (and would dead-letter it)
-    body: str = Field(min_length=1, max_length=65536, pattern=r"[^\s\x00-\x1f\x7f]",
-                      description="the customer's message; at most TICKETFLOW_MAX_BODY_BYTES bytes of UTF-8 "
-                                  "(64 KiB by default)")
-    lane: Literal["interactive", "batch"] = "interactive"
-    metadata: dict[str, Annotated[str, Field(max_length=256)]] = Field(
-        default_factory=dict, max_length=MAX_METADATA_ENTRIES, description="string values, at most 32 entries")
-
-
-class Accepted(BaseModel):
-    ticket_id: str
-    status: Literal["pending"]
-    location: str
-
-
-class Resolved(BaseModel):
-    ticket_id: str
-    status: Literal["resolved"]
-    path: str
-    answer: str
-    resolution_key: str | None = None
-    escalation_reason: str | None = None
-    created_at: int
-    resolved_at: int
-    cost_usd: float
-    end_to_end_ms: float
-
-
-class Problem(BaseModel):
-    code: str
-    message: str
-    field: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: Problem
-
-
-class Health(BaseModel):
-    status: Literal["ok", "degraded"]
-    kafka: bool
-    redis: bool
-    fanout: bool
-
-
-def error(status: int, code: str, message: str, field: str | None = None,
-          headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "field": field}}, status_code=status,
-                        headers=headers)
-
-
-class Rejected(Exception):
-    def __init__(self, response: JSONResponse) -> None:
-        self.response = response
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "no API key, or not a valid one"},
-    413: {"model": ErrorBody, "description": "the request is over the size limit"},
-    422: {"model": ErrorBody, "description": "invalid input; `field` names the part at fault"},
-    429: {"model": ErrorBody, "description": "over the tenant's request rate; see Retry-After"},
-    503: {"model": ErrorBody, "description": "Kafka or Redis unreachable; try again after Retry-After"},
-}
 
 
 @dataclass
@@ -147,76 +82,6 @@ class Gateway:
     requests: Counter
     latency: Histogram
     limits: IntakeLimits
-
-
-class BodyLimit:
-    """413 before a byte over ``max_bytes`` of a request body is read (declared or streamed)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self.too_big()(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self.too_big()(scope, receive, send)
-
-    def too_big(self) -> JSONResponse:
-        return error(413, "too_large", f"the request is over {self.max_bytes} bytes")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class Measure:
-    """Requests by route and status, and their time, as a plain ASGI middleware: Starlette's
-    ``BaseHTTPMiddleware`` (``@app.middleware``) spawned task groups per request and was the
-    largest single cost on the event loop at 200 requests/s (py-spy)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = [500]
-
-        async def sending(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            app = scope.get("app")
-            gateway: Gateway | None = getattr(getattr(app, "state", None), "gateway", None)
-            if gateway is not None:
-                name = getattr(scope.get("route"), "path", "unmatched")
-                gateway.requests.labels(name, str(status[0])).inc()
-                gateway.latency.labels(name).observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -506,8 +371,3 @@ async def _resolution(gateway: Gateway, key: tuple[str, str], queue: asyncio.Que
             return None
         if progress.id == RESOLVED:
             return progress
-
-
-def unavailable(dependency: str, exc: BaseException) -> JSONResponse:
-    log.warning("gateway: %s unavailable: %s", dependency, exc)
-    return error(503, "unavailable", f"{dependency} is unreachable; try again", None, {"Retry-After": "1"})
