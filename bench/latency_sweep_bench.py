@@ -48,13 +48,13 @@ def held_out_csv(n: int, path: Path) -> Path:
     return path
 
 
-def demo(rate: float, tickets: int, input_csv: Path) -> dict[str, Any]:
+def demo(rate: float, tickets: int, input_csv: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     prefix = f"sweep-{uuid.uuid4().hex[:6]}."
     env = {**os.environ, "TICKETFLOW_TOPIC_PREFIX": prefix}
     try:
-        done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "demo", "--json", "--input",
-                               str(input_csv), "--tickets", str(tickets), "--rate", str(rate)], capture_output=True,
-                              text=True, env=env, timeout=1800, check=False)
+        command = [sys.executable, "-m", "pipeline.cli.main", "demo", "--json", "--input", str(input_csv),
+                   "--tickets", str(tickets), "--rate", str(rate), *extra]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800, check=False)
     finally:  # hundreds of left-over topics slowed the local broker down (README, Benchmark)
         delete_topics(load_settings().model_copy(update={"topic_prefix": prefix}))
     if done.returncode != 0:
@@ -94,13 +94,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--rates", default="20,50,100,200")
     parser.add_argument("--seconds", type=float, default=10.0, help="of traffic per rate")
+    parser.add_argument("--split-background", action="store_true",
+                        help="`demo --split-background`: background processors in a worker process of their own")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for rate in (float(r) for r in args.rates.split(",")):
             tickets = int(rate * args.seconds)
             say(f"sweep: {tickets} held-out tickets at {rate:g}/s")
-            report = demo(rate, tickets, held_out_csv(tickets, Path(tmp) / f"held-{rate:g}.csv"))
+            report = demo(rate, tickets, held_out_csv(tickets, Path(tmp) / f"held-{rate:g}.csv"),
+                          ("--split-background",) if args.split_background else ())
             results.append({"rate": rate, "tickets": tickets, "by_path": report["by_path"],
                             "latency_by_path_ms": report["latency_by_path_ms"],
                             "stage_latency_ms": report["stage_latency_ms"],

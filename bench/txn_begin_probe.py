@@ -7,7 +7,9 @@ transactional producer commits transactions of five records and a consumer offse
 25 ms pause between them (the runtime's commit interval), the next transaction begun either
 after the pause ("late", what the runtime did) or right after the commit ("early", what it
 does now: ``Transactions._begin_ahead``); prints the call's time (the GIL held) per way.
-``--hog`` runs two busy processes beside it (a machine whose cores are full).
+``--hog`` runs two busy processes beside it (a machine whose cores are full). ``--idle-check``
+first begins a transaction, leaves it idle longer than its ``transaction.timeout.ms`` and then
+commits a record in it (a transaction begun ahead may wait that long for its first record).
 
     ./run ticketflow services up
     PYTHONPATH=. .venv/bin/python bench/txn_begin_probe.py [--hog]
@@ -71,13 +73,38 @@ def probe(bootstrap: str, early: bool, seconds: float, gap_s: float) -> str:
             f"p50 {b[len(b) // 2]:.3f}, p99 {b[int(len(b) * 0.99)]:.3f}, max {b[-1]:.2f} ms")
 
 
+def idle_check(bootstrap: str, timeout_ms: int = 3000, idle_s: float = 8.0) -> str:
+    topic = f"txidle-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": topic,
+                         "transaction.timeout.ms": timeout_ms})
+    producer.init_transactions()
+    producer.begin_transaction()
+    time.sleep(idle_s)
+    producer.produce(topic, b"after the idle time")
+    producer.flush(10)
+    producer.commit_transaction(10)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}", "isolation.level": "read_committed"})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    message = consumer.poll(10)
+    consumer.close()
+    admin.delete_topics([topic])
+    read = message.value() if message is not None and message.error() is None else None
+    return (f"idle check: begun, idle {idle_s:g} s against transaction.timeout.ms {timeout_ms}, then committed; "
+            f"read back committed: {read!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--hog", action="store_true", help="two busy processes beside it")
+    parser.add_argument("--idle-check", action="store_true", help="an idle begun transaction still commits")
     args = parser.parse_args()
     bootstrap = load_settings().kafka_bootstrap_servers or "127.0.0.1:9092"
+    if args.idle_check:
+        print(idle_check(bootstrap), flush=True)
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if args.hog else 0)]
     try:
         for _ in range(args.rounds):

@@ -58,6 +58,7 @@ class DemoOptions:
     tenant: str = "demo"
     warm_csv: Path | None = None  # seed the cache with these labelled rows first
     fault_rate: float | None = None  # the simulated provider's share of failed calls
+    split_background: bool = False  # the processors nobody waits on in a worker process of their own
 
 
 @dataclass
@@ -161,17 +162,26 @@ def seed_tool_data(settings: Settings, tenants: list[str]) -> None:
             cache.invalidate(tenant, source)
 
 
-def start_workers(settings: Settings, count: int, log_dir: Path,
-                  fault_rate: float | None = None) -> list[subprocess.Popen[bytes]]:
+#: what ``--split-background`` runs apart: the processors no customer waits on
+BACKGROUND_PROCESSORS = ("cache-writer", "cache-audit", "accounting")
+#: and what every other worker process then runs
+CUSTOMER_PATH_PROCESSORS = ("intake", "cache", "router", "tools", "agent")
+
+
+def start_workers(settings: Settings, count: int, log_dir: Path, fault_rate: float | None = None,
+                  split_background: bool = False) -> list[subprocess.Popen[bytes]]:
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TICKETFLOW_TOPIC_PREFIX": settings.topic_prefix}
     if fault_rate is not None:
         env["TICKETFLOW_SIM_FAULT_RATE"] = str(fault_rate)
+    groups: list[tuple[str, ...]] = [()] * count  # () = every processor
+    if split_background:
+        groups = [CUSTOMER_PATH_PROCESSORS] * count + [BACKGROUND_PROCESSORS]
     procs = []
-    for i in range(count):
+    for i, names in enumerate(groups):
         log = (log_dir / f"demo-worker-{i}.log").open("ab")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "--log-level", "INFO", "worker"],
+            [sys.executable, "-m", "pipeline.cli.main", "--log-level", "INFO", "worker", *names],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         ))
     return procs
@@ -212,7 +222,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     path_of: dict[str, str] = {}
     reasons: Counter[str] = Counter()
 
-    procs = start_workers(settings, options.workers, settings.state_dir / "logs", options.fault_rate)
+    procs = start_workers(settings, options.workers, settings.state_dir / "logs", options.fault_rate,
+                          options.split_background)
     billing = RedisBilling(redis_client(settings), settings.redis_key_prefix())
     try:
         say(f"demo: {options.workers} worker process(es) started; waiting for them to join...")

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--warm", type=Path, default=None, metavar="SEED_CSV",
                         help="seed the cache with these labelled rows (text,label[,answer]) first; "
                         "otherwise the demo tenants' caches start empty")
+    parser.add_argument("--split-background", action="store_true",
+                        help="run the cache writer, audit and accounting in one more worker process, apart "
+                        "from the customer's path (README, Benchmark)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     report = run_demo(settings, DemoOptions(
         tickets=args.tickets, input_csv=args.input, workers=args.workers,
         malformed=args.malformed, rate=args.rate, timeout_s=args.timeout, seed=args.seed, warm_csv=args.warm,
-        fault_rate=args.fault_rate,
+        fault_rate=args.fault_rate, split_background=args.split_background,
     ))
     if args.fault_rate is not None and not 0 <= args.fault_rate <= 1:
         raise ConfigurationError("--fault-rate must lie in [0, 1]")

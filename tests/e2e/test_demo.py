@@ -68,3 +68,18 @@ def test_demo_json_report(settings: Settings, tmp_path: Path) -> None:
     rows = pq.read_table(table).to_pylist()
     assert {r["dimension"] for r in rows} == {"tenant", "workflow", "step", "model", "path"}
     assert sum(r["cost_usd"] for r in rows if r["dimension"] == "path") == pytest.approx(report["cost_usd"], abs=1e-6)
+
+
+def test_demo_with_the_background_processors_in_a_worker_of_their_own(settings: Settings) -> None:
+    """``--split-background``: the customer's path in one process, the cache writer, audit and
+    accounting in another; every ticket answered once, and the accounting (only in the second
+    process) books the tickets' cost as the first process reported it."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    result = ticketflow(settings, "demo", "--json", "--tickets", "60", "--split-background", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert (report["submitted"], report["resolved"], report["lost"], report["duplicates"]) == (60, 60, 0, 0)
+    done = ticketflow(settings, "report", "--since", started, "--tenant", "demo", "--json", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    books = json.loads(done.stdout)
+    assert books["tickets"] == 60 and books["cost_usd"] == report["cost_usd"]
