@@ -12,7 +12,9 @@ status codes.
     ./run ticketflow services up
     PYTHONPATH=. .venv/bin/python bench/gateway_bench.py --rates 50 200 --seconds 20
 
-Writes ``bench/results/gateway_bench.json`` and ``gateway_bench.png``.
+Writes ``bench/results/gateway_bench.json`` and ``gateway_bench.png`` (with ``--pipeline echo``,
+``gateway_bench_echo.*``: the runtime answers every ticket at once, so that the gateway is
+measured at a rate the real pipeline cannot answer on a 2-core machine).
 """
 
 from __future__ import annotations
@@ -80,6 +82,18 @@ async def load(url: str, key: str, rate: float, seconds: float, texts: list[str]
             if status == 200 and len(parts) == 2:
                 steps.append((float(parts["admit"]), float(parts["wake"])))
 
+        lags: list[float] = []
+        running = True
+
+        async def probe() -> None:
+            """The load generator's own event-loop lag (a 1 ms sleep's overshoot): a request's
+            end-to-end time includes it, though it is not the gateway's."""
+            while running:
+                asked = time.perf_counter()
+                await asyncio.sleep(0.001)
+                lags.append((time.perf_counter() - asked) * 1000 - 1)
+
+        prober = asyncio.create_task(probe())
         tasks = []
         begin = time.perf_counter()
         n = int(rate * seconds)
@@ -91,6 +105,8 @@ async def load(url: str, key: str, rate: float, seconds: float, texts: list[str]
             if i and i % int(rate * 5) == 0:
                 say(f"gateway-bench: {rate:g}/s: sent {i}/{n}")
         await asyncio.gather(*tasks)
+        running = False
+        await prober
     answered = [(e2e, pipe) for code, e2e, pipe, _ in results if code == 200 and pipe is not None]
     handled = [handler - pipe for code, _, pipe, handler in results
                if code == 200 and pipe is not None and handler is not None]
@@ -100,7 +116,50 @@ async def load(url: str, key: str, rate: float, seconds: float, texts: list[str]
             "handler_overhead_ms": pct(handled),
             "admit_ms": pct([a for a, _ in steps]), "wake_ms": pct([w for _, w in steps]),
             "pipeline_ms": pct([pipe for _, pipe in answered]), "end_to_end_ms": pct([e2e for e2e, _ in answered]),
+            "client_loop_lag_ms": pct(lags),
             "overheads": sorted(round(e2e - pipe, 2) for e2e, pipe in answered)}
+
+
+def serve_echo(prefix: str) -> int:
+    """A pipeline that answers at once: ticketflow's runtime (the same engine, exactly-once
+    transactions every 25 ms, as the last hop of the real pipeline) turning each ticket on
+    ``tickets.ingress`` into a resolution on ``tickets.responses``, until SIGTERM. With it the
+    gateway's overhead is measured at a rate the real pipeline cannot answer on this machine."""
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.events import TicketResolved, TicketSubmitted
+    from pipeline.metrics import RuntimeMetrics
+    from pipeline.processing import Emit, Output
+    from pipeline.runtime.binding import Batch, Binding
+    from pipeline.runtime.engine import Engine
+    from pipeline.runtime.worker import make_serde
+    from pipeline.settings import load_settings
+
+    settings = load_settings().model_copy(update={"topic_prefix": prefix})
+
+    def echo(batch: Batch) -> list[Emit]:
+        now = int(time.time() * 1000)
+        return [Emit((Output("tickets.responses", t.ticket_id, TicketResolved(
+            ticket_id=t.ticket_id, tenant_id=t.tenant_id, customer_id=t.customer_id, answer="echo", path="rule",
+            resolution_key="echo", created_at=t.created_at or now, resolved_at=now)),)) for t, _ in batch]
+
+    binding = Binding("bench-echo", ("tickets.ingress",), "TicketSubmitted", TicketSubmitted.from_record,
+                      handle_batch=echo)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    Engine(binding, settings, make_serde(settings), f"echo-{uuid.uuid4().hex[:6]}",
+           RuntimeMetrics(CollectorRegistry()), stop).run()
+    return 0
+
+
+def start_echo(prefix: str, log: Path) -> subprocess.Popen[bytes]:
+    """``serve_echo`` in a process of its own (in place of the workers ``start_workers`` starts)."""
+    env = {**os.environ, "TICKETFLOW_TOPIC_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, __file__, "--serve-echo", prefix], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
 
 
 def gateway_children(pid: int) -> list[int]:
@@ -139,7 +198,13 @@ def main() -> int:
                         help="run the worker and the broker at this niceness (e.g. 10), so that the gateway and "
                              "the load generator get a core when they need one: the gateway's own overhead "
                              "without the CPU contention of sharing two cores with the pipeline")
+    parser.add_argument("--pipeline", choices=["worker", "echo"], default="worker",
+                        help="worker: a real `ticketflow worker` answers (default); echo: the runtime answers "
+                             "every ticket at once (serve_echo), to measure the gateway where the pipeline keeps up")
+    parser.add_argument("--serve-echo", metavar="PREFIX", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_echo:
+        return serve_echo(args.serve_echo)
 
     from bench.procstat import cpu_seconds
     from pipeline import services
@@ -167,13 +232,15 @@ def main() -> int:
            "TICKETFLOW_GATEWAY_RATE_BURST": "10000"}
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    workers = start_workers(settings, 1, logs)
+    workers = ([start_echo(settings.topic_prefix, logs / "gateway_bench_echo.log")]
+               if args.pipeline == "echo" else start_workers(settings, 1, logs))
     with (logs / "gateway_bench.log").open("ab") as log:
         gateway = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "serve", "--port", str(port),
                                     "--workers", str(args.gateway_workers)],
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    report: dict[str, Any] = {"seconds": args.seconds, "gateway_workers": args.gateway_workers, "runs": []}
+    report: dict[str, Any] = {"seconds": args.seconds, "gateway_workers": args.gateway_workers,
+                              "pipeline": args.pipeline, "runs": []}
     broker: list[int] = []
     try:
         deadline = time.monotonic() + 60
@@ -218,10 +285,12 @@ def main() -> int:
                          + " ".join(f"{r:g}" for r in args.rates) + f" --seconds {args.seconds:g}"
                          + (f" --gateway-workers {args.gateway_workers}" if args.gateway_workers > 1 else "")
                          + (" --split-cpus" if args.split_cpus else "")
-                         + (f" --yield-pipeline {args.yield_pipeline}" if args.yield_pipeline else ""))
+                         + (f" --yield-pipeline {args.yield_pipeline}" if args.yield_pipeline else "")
+                         + (f" --pipeline {args.pipeline}" if args.pipeline != "worker" else ""))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gateway_bench.json").write_text(json.dumps(report, indent=2))
-    plot(report, args.out / "gateway_bench.png")
+    name = "gateway_bench" if args.pipeline == "worker" else f"gateway_bench_{args.pipeline}"
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    plot(report, args.out / f"{name}.png")
     print(json.dumps([{k: v for k, v in r.items() if k != "overheads"} for r in report["runs"]], indent=2))
     return 0
 

@@ -224,7 +224,8 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 producing_ms = time.time() * 1000
                 delivered = gateway.producer.produce(topic, value=value, key=ticket_id.encode())
-                await asyncio.wait_for(delivered, gateway.settings.gateway_produce_timeout_s)
+                async with asyncio.timeout(gateway.settings.gateway_produce_timeout_s):  # no task, unlike wait_for
+                    await delivered
             except (KafkaException, TimeoutError) as exc:
                 return unavailable("kafka", exc)
             location = f"/v1/tickets/{ticket_id}"
@@ -366,7 +367,8 @@ async def _resolution(gateway: Gateway, key: tuple[str, str], queue: asyncio.Que
         if left <= 0:
             return None
         try:
-            progress = await asyncio.wait_for(queue.get(), left)
+            async with asyncio.timeout(left):  # wait_for would wrap queue.get() in a task of its own
+                progress = await queue.get()
         except TimeoutError:
             return None
         if progress.id == RESOLVED:
