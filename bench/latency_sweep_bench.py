@@ -96,14 +96,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="of traffic per rate")
     parser.add_argument("--split-background", action="store_true",
                         help="`demo --split-background`: background processors in a worker process of their own")
+    parser.add_argument("--split-agent", action="store_true", help="`demo --split-agent`")
+    parser.add_argument("--nice", type=int, default=0, help="`demo --nice N` for the processes split off")
     args = parser.parse_args()
+    extra = (*(("--split-background",) if args.split_background else ()),
+             *(("--split-agent",) if args.split_agent else ()), *(("--nice", str(args.nice)) if args.nice else ()))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for rate in (float(r) for r in args.rates.split(",")):
             tickets = int(rate * args.seconds)
             say(f"sweep: {tickets} held-out tickets at {rate:g}/s")
-            report = demo(rate, tickets, held_out_csv(tickets, Path(tmp) / f"held-{rate:g}.csv"),
-                          ("--split-background",) if args.split_background else ())
+            report = demo(rate, tickets, held_out_csv(tickets, Path(tmp) / f"held-{rate:g}.csv"), extra)
             results.append({"rate": rate, "tickets": tickets, "by_path": report["by_path"],
                             "latency_by_path_ms": report["latency_by_path_ms"],
                             "stage_latency_ms": report["stage_latency_ms"],

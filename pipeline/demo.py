@@ -59,6 +59,8 @@ class DemoOptions:
     warm_csv: Path | None = None  # seed the cache with these labelled rows first
     fault_rate: float | None = None  # the simulated provider's share of failed calls
     split_background: bool = False  # the processors nobody waits on in a worker process of their own
+    split_agent: bool = False  # the agent in a worker process of its own
+    nice: int = 0  # the niceness of the processes split off (the customer's fast paths keep 0)
 
 
 @dataclass
@@ -168,20 +170,40 @@ BACKGROUND_PROCESSORS = ("cache-writer", "cache-audit", "accounting")
 CUSTOMER_PATH_PROCESSORS = ("intake", "cache", "router", "tools", "agent")
 
 
+def worker_groups(count: int, split_background: bool = False,
+                  split_agent: bool = False) -> list[tuple[tuple[str, ...], bool]]:
+    """The processors of each worker process to start (() = every processor), and whether the
+    process is split off the customer's fast paths (intake, cache, router, tools)."""
+    if not (split_background or split_agent):
+        return [((), False)] * count
+    fast = tuple(p for p in CUSTOMER_PATH_PROCESSORS if not (split_agent and p == "agent"))
+    rest = ("agent",) if split_agent else ()
+    if not split_background:
+        fast = (*fast, *BACKGROUND_PROCESSORS)
+    groups = [(fast, False)] * count
+    if split_agent:
+        groups += [(rest, True)] * count
+    if split_background:
+        groups.append((BACKGROUND_PROCESSORS, True))
+    return groups
+
+
 def start_workers(settings: Settings, count: int, log_dir: Path, fault_rate: float | None = None,
-                  split_background: bool = False) -> list[subprocess.Popen[bytes]]:
+                  split_background: bool = False, split_agent: bool = False,
+                  nice: int = 0) -> list[subprocess.Popen[bytes]]:
+    """``count`` workers; with a split, the fast paths in ``count`` processes and the split-off
+    processors in processes of their own, started at niceness ``nice`` (their encoder children,
+    if any, inherit it)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TICKETFLOW_TOPIC_PREFIX": settings.topic_prefix}
     if fault_rate is not None:
         env["TICKETFLOW_SIM_FAULT_RATE"] = str(fault_rate)
-    groups: list[tuple[str, ...]] = [()] * count  # () = every processor
-    if split_background:
-        groups = [CUSTOMER_PATH_PROCESSORS] * count + [BACKGROUND_PROCESSORS]
     procs = []
-    for i, names in enumerate(groups):
+    for i, (names, split_off) in enumerate(worker_groups(count, split_background, split_agent)):
         log = (log_dir / f"demo-worker-{i}.log").open("ab")
+        niced = ["nice", "-n", str(nice)] if split_off and nice else []  # the process and all it starts
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "--log-level", "INFO", "worker", *names],
+            [*niced, sys.executable, "-m", "pipeline.cli.main", "--log-level", "INFO", "worker", *names],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         ))
     return procs
@@ -223,7 +245,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     reasons: Counter[str] = Counter()
 
     procs = start_workers(settings, options.workers, settings.state_dir / "logs", options.fault_rate,
-                          options.split_background)
+                          options.split_background, options.split_agent, options.nice)
     billing = RedisBilling(redis_client(settings), settings.redis_key_prefix())
     try:
         say(f"demo: {options.workers} worker process(es) started; waiting for them to join...")

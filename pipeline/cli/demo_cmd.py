@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--split-background", action="store_true",
                         help="run the cache writer, audit and accounting in one more worker process, apart "
                         "from the customer's path (README, Benchmark)")
+    parser.add_argument("--split-agent", action="store_true",
+                        help="run the agent in worker processes of its own, apart from intake, cache, router "
+                        "and tools")
+    parser.add_argument("--nice", type=int, default=0, metavar="N",
+                        help="the niceness of the worker processes split off by --split-background and "
+                        "--split-agent (0-19): the customer's fast paths get a core first")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
 
@@ -47,7 +53,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     report = run_demo(settings, DemoOptions(
         tickets=args.tickets, input_csv=args.input, workers=args.workers,
         malformed=args.malformed, rate=args.rate, timeout_s=args.timeout, seed=args.seed, warm_csv=args.warm,
-        fault_rate=args.fault_rate, split_background=args.split_background,
+        fault_rate=args.fault_rate, split_background=args.split_background, split_agent=args.split_agent,
+        nice=args.nice,
     ))
     if args.fault_rate is not None and not 0 <= args.fault_rate <= 1:
         raise ConfigurationError("--fault-rate must lie in [0, 1]")

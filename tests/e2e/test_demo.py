@@ -70,12 +70,16 @@ def test_demo_json_report(settings: Settings, tmp_path: Path) -> None:
     assert sum(r["cost_usd"] for r in rows if r["dimension"] == "path") == pytest.approx(report["cost_usd"], abs=1e-6)
 
 
-def test_demo_with_the_background_processors_in_a_worker_of_their_own(settings: Settings) -> None:
+@pytest.mark.parametrize("split", [("--split-background",), ("--split-background", "--split-agent", "--nice", "5")],
+                         ids=["background", "background-agent-niced"])
+def test_demo_with_the_background_processors_in_a_worker_of_their_own(settings: Settings,
+                                                                      split: tuple[str, ...]) -> None:
     """``--split-background``: the customer's path in one process, the cache writer, audit and
-    accounting in another; every ticket answered once, and the accounting (only in the second
-    process) books the tickets' cost as the first process reported it."""
+    accounting in another (with ``--split-agent`` the agent in a third, both at niceness 5);
+    every ticket answered once, and the accounting (only in the background process) books the
+    tickets' cost as the customer's path reported it."""
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    result = ticketflow(settings, "demo", "--json", "--tickets", "60", "--split-background", timeout=300)
+    result = ticketflow(settings, "demo", "--json", "--tickets", "60", *split, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert (report["submitted"], report["resolved"], report["lost"], report["duplicates"]) == (60, 60, 0, 0)
