@@ -50,14 +50,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    # checked before anything starts (workers, topics, the bank's data)
+    if args.fault_rate is not None and not 0 <= args.fault_rate <= 1:
+        raise ConfigurationError("--fault-rate must lie in [0, 1]")
+    if not 0 <= args.nice <= 19:
+        raise ConfigurationError("--nice must lie in [0, 19] (a lower priority for the processes split off)")
+    if args.nice and not (args.split_agent or args.split_background):
+        raise ConfigurationError("--nice applies to the processes --split-agent and --split-background split off; "
+                                 "give one of them")
     report = run_demo(settings, DemoOptions(
         tickets=args.tickets, input_csv=args.input, workers=args.workers,
         malformed=args.malformed, rate=args.rate, timeout_s=args.timeout, seed=args.seed, warm_csv=args.warm,
         fault_rate=args.fault_rate, split_background=args.split_background, split_agent=args.split_agent,
         nice=args.nice,
     ))
-    if args.fault_rate is not None and not 0 <= args.fault_rate <= 1:
-        raise ConfigurationError("--fault-rate must lie in [0, 1]")
     if args.json:
         print(json.dumps(report.as_json()))
     else:

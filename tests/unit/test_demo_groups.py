@@ -35,3 +35,23 @@ def test_with_several_workers_the_split_processes_come_per_worker_and_background
     counts = Counter(name for names, _ in groups for name in names)
     assert counts["intake"] == counts["cache"] == counts["agent"] == 2
     assert all(counts[name] == 1 for name in BACKGROUND_PROCESSORS)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--nice", "25", "--split-agent"], "--nice must lie in [0, 19]"),
+    (["demo", "--nice", "-5", "--split-agent"], "--nice must lie in [0, 19]"),
+    (["demo", "--nice", "10"], "--nice applies to the processes"),
+    (["demo", "--fault-rate", "1.5"], "--fault-rate must lie in [0, 1]"),
+])
+def test_bad_demo_options_are_refused_before_anything_starts(argv: list[str], message: str,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.cli.demo_cmd as demo_cmd
+    from pipeline.cli.main import main
+
+    def started(*_: object) -> None:
+        raise AssertionError("the demo started")
+
+    monkeypatch.setattr(demo_cmd, "run_demo", started)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
