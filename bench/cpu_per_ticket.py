@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.procstat import processes
 from bench.runtime_bench import fresh, tickets
 from pipeline.admin import delete_topics
 from pipeline.client import TicketflowClient
@@ -36,7 +37,6 @@ from pipeline.settings import load_settings
 from pipeline.topic_reader import TopicReader
 from tests.helpers import WorkerProcess
 
-HZ = os.sysconf("SC_CLK_TCK")
 GROUPS = ("worker", "encoder", "broker", "redis", "other")
 
 
@@ -52,21 +52,6 @@ def group_of(pid: int, parent: int, command: str, worker: int) -> str:
     return "other"
 
 
-def snapshot() -> dict[int, tuple[str, int, int]]:
-    """Every process's command line, parent and CPU ticks (user + system, all threads)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        found[int(entry.name)] = (command, int(stat[1]), int(stat[11]) + int(stat[12]))
-    return found
-
-
 class Sampler:
     """CPU seconds per group, second by second, on a thread of its own."""
 
@@ -77,13 +62,13 @@ class Sampler:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        before = snapshot()
+        before = processes()
         while not self.stop.wait(1.0):
-            after = snapshot()
+            after = processes()
             used: dict[str, float] = dict.fromkeys(GROUPS, 0.0)
-            for pid, (command, parent, ticks) in after.items():
+            for pid, (command, parent, cpu) in after.items():
                 if pid in before and pid != os.getpid():
-                    used[group_of(pid, parent, command, self.worker)] += (ticks - before[pid][2]) / HZ
+                    used[group_of(pid, parent, command, self.worker)] += cpu - before[pid][2]
             self.series.append((time.time(), dict(used)))
             before = after
 

@@ -125,19 +125,10 @@ def serve_echo(prefix: str) -> int:
     transactions every 25 ms, as the last hop of the real pipeline) turning each ticket on
     ``tickets.ingress`` into a resolution on ``tickets.responses``, until SIGTERM. With it the
     gateway's overhead is measured at a rate the real pipeline cannot answer on this machine."""
-    import threading
-
-    from prometheus_client import CollectorRegistry
-
+    from bench.serve_binding import serve
     from pipeline.events import TicketResolved, TicketSubmitted
-    from pipeline.metrics import RuntimeMetrics
     from pipeline.processing import Emit, Output
     from pipeline.runtime.binding import Batch, Binding
-    from pipeline.runtime.engine import Engine
-    from pipeline.runtime.worker import make_serde
-    from pipeline.settings import load_settings
-
-    settings = load_settings().model_copy(update={"topic_prefix": prefix})
 
     def echo(batch: Batch) -> list[Emit]:
         now = int(time.time() * 1000)
@@ -145,13 +136,8 @@ def serve_echo(prefix: str) -> int:
             ticket_id=t.ticket_id, tenant_id=t.tenant_id, customer_id=t.customer_id, answer="echo", path="rule",
             resolution_key="echo", created_at=t.created_at or now, resolved_at=now)),)) for t, _ in batch]
 
-    binding = Binding("bench-echo", ("tickets.ingress",), "TicketSubmitted", TicketSubmitted.from_record,
-                      handle_batch=echo)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    Engine(binding, settings, make_serde(settings), f"echo-{uuid.uuid4().hex[:6]}",
-           RuntimeMetrics(CollectorRegistry()), stop).run()
-    return 0
+    return serve(Binding("bench-echo", ("tickets.ingress",), "TicketSubmitted", TicketSubmitted.from_record,
+                         handle_batch=echo), prefix)
 
 
 def start_echo(prefix: str, log: Path) -> subprocess.Popen[bytes]:

@@ -26,7 +26,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -46,29 +45,16 @@ def say(message: str) -> None:
 
 def serve_ticketflow(prefix: str) -> int:
     """The pass-through as a ticketflow processor, run by the runtime's engine until SIGTERM."""
-    from prometheus_client import CollectorRegistry
-
+    from bench.serve_binding import serve
     from pipeline.events import TicketSubmitted
-    from pipeline.metrics import RuntimeMetrics
     from pipeline.processing import Emit, Output
     from pipeline.runtime.binding import Batch, Binding
-    from pipeline.runtime.engine import Engine
-    from pipeline.runtime.worker import make_serde
-    from pipeline.settings import load_settings
-
-    settings = load_settings().model_copy(update={"topic_prefix": prefix})
 
     def passthrough(batch: Batch) -> Sequence[Emit]:
         return [Emit([Output(OUT_TF, event.ticket_id, event)]) for event, _ in batch]
 
-    binding = Binding("bench-passthrough", ("tickets.ingress",), "TicketSubmitted", TicketSubmitted.from_record,
-                      handle_batch=passthrough)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    engine = Engine(binding, settings, make_serde(settings), f"bench-{uuid.uuid4().hex[:6]}",
-                    RuntimeMetrics(CollectorRegistry()), stop)
-    engine.run()
-    return 0
+    return serve(Binding("bench-passthrough", ("tickets.ingress",), "TicketSubmitted", TicketSubmitted.from_record,
+                         handle_batch=passthrough), prefix)
 
 
 def quix_python() -> Path:

@@ -13,17 +13,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _snapshot() -> dict[int, tuple[str, float]]:
+def processes() -> dict[int, tuple[str, int, float]]:
+    """Every process now: its command line, its parent's pid and its CPU seconds so far."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            command = (entry / "cmdline").read_text().replace("\0", " ").strip()[:100]
-            found[int(entry.name)] = (command or entry.name, cpu_seconds(int(entry.name)))
-        except (OSError, IndexError, ValueError):
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
+        found[int(entry.name)] = (command or entry.name, int(fields[1]),
+                                  (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
     return found
+
+
+def _snapshot() -> dict[int, tuple[str, float]]:
+    return {pid: (command[:100], cpu) for pid, (command, _, cpu) in processes().items()}
 
 
 def cpu_shares(seconds: float) -> list[tuple[float, int, str]]:
