@@ -102,12 +102,24 @@ def dead_letters(client: TicketflowClient) -> list[DeadLetter]:
     return [r.event for r in client.dead_letters(timeout_s=30)]
 
 
+def last_failure_lines(log_path: Path, lines: int = 40) -> str:
+    """The last CRITICAL/ERROR lines of a worker's log and what follows the last of them (a
+    traceback, the watchdog's stack dump)."""
+    text = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    marks = [i for i, line in enumerate(text) if " CRITICAL " in line or " ERROR " in line]
+    start = marks[-1] if marks else len(text)
+    return "\n".join([text[i] for i in marks[-5:-1]] + text[start:start + lines])
+
+
 class Supervisor:
     """Restarts workers that exit on their own, as systemd or Kubernetes would."""
 
     def __init__(self, workers: list[WorkerProcess]) -> None:
         self.workers = workers
         self.restarts = 0
+        #: why each restarted worker had exited: its exit code and its log's last critical or
+        #: error lines (the watchdog's "batch stuck" names the processor and dumps the stacks)
+        self.exits: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -124,6 +136,8 @@ class Supervisor:
             for worker in self.workers:
                 if worker.proc is not None and worker.proc.poll() is not None:
                     self.restarts += 1
+                    self.exits.append(f"{worker.log_path.name} exited with {worker.proc.returncode}: "
+                                      + last_failure_lines(worker.log_path))
                     worker.start()
 
 

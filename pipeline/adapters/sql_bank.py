@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -109,6 +110,21 @@ class Effect:
     applied: bool
 
 
+def _create_tables(engine: Engine, attempts: int = 5) -> None:
+    """The tables that are missing. Workers started together on a new database each find a
+    table missing and create it; all but one fail ("table cards already exists" in SQLite,
+    DuplicateTable or a duplicate pg_type row in PostgreSQL) and exited. Looking again finds
+    the other's tables; a database that keeps failing still raises."""
+    for attempt in range(attempts):
+        try:
+            METADATA.create_all(engine)
+            return
+        except sa.exc.SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 class SqlBank:
     """Queries and effects on the bank's tables; every call counts (``queries``, ``effects``)."""
 
@@ -117,7 +133,7 @@ class SqlBank:
         try:
             self.engine: Engine = sa.create_engine(url, pool_pre_ping=True)
             if create:
-                METADATA.create_all(self.engine)
+                _create_tables(self.engine)
         except sa.exc.SQLAlchemyError as exc:
             raise StoreUnavailable(f"cannot open the tool database {_safe(url)}: {exc}") from exc
         self._lock = threading.Lock()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import uuid
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -79,3 +82,40 @@ def test_an_unreachable_database_is_a_retryable_error() -> None:
     with pytest.raises(StoreUnavailable) as caught:
         bank.card("acme", "C-00001")
     assert caught.value.retryable
+
+
+def _open_after(barrier: Any, url: str) -> str:
+    barrier.wait()
+    try:
+        SqlBank(url).close()
+    except StoreUnavailable as exc:
+        return str(exc)
+    return ""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_starting_at_once_on_a_new_database_all_open_it(backend: str, tmp_path: Path,
+                                                                request: pytest.FixtureRequest) -> None:
+    """Two workers started together on a new state directory both found no table and both
+    created them; one failed with "table cards already exists" and exited (seen in the
+    broker-restart test's start-up)."""
+    urls = []
+    for attempt in range(6):
+        if backend == "sqlite":
+            urls.append(f"sqlite:///{tmp_path / f'bank-{attempt}.db'}")
+        else:
+            server = request.getfixturevalue("postgres_url")
+            name = f"race_{uuid.uuid4().hex[:8]}"
+            with sa.create_engine(server, isolation_level="AUTOCOMMIT").connect() as connection:
+                connection.execute(sa.text(f"CREATE DATABASE {name}"))
+            urls.append(server.rsplit("/", 1)[0] + "/" + name)
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(4) as pool:
+        for url in urls:
+            barrier = manager.Barrier(4)
+            errors = pool.starmap(_open_after, [(barrier, url)] * 4)
+            assert errors == [""] * 4, errors
+            bank = SqlBank(url, create=False)
+            with bank.engine.connect() as connection:
+                assert set(sa.inspect(connection).get_table_names()) >= {"cards", "tool_effects"}
+            bank.close()

@@ -138,5 +138,5 @@ def test_broker_restart_mid_stream(own_broker: tuple[KafkaBroker, Settings], tmp
         # An outage shorter than the watchdog's limit costs no restart: the engines resume on
         # their own (the first transaction after it on a new producer; before, the first
         # commit hung in librdkafka until the watchdog restarted the worker).
-        assert supervisor.restarts == 0
+        assert supervisor.restarts == 0, "\n\n".join(supervisor.exits)
     assert_books_balance(settings, client, billing, ids, counts, sorted({t.tenant_id for t in tickets}))
