@@ -141,8 +141,9 @@ class Engine:
             kafka.close()
 
     def _waiting_for_broker(self) -> None:
-        """A Kafka call of the batch returned to be retried: the batch waits for the broker,
-        it is not stuck in the client (the watchdog's clock starts again)."""
+        """A blocking Kafka call of the commit returned (done, or to be retried while the
+        broker is away): the thread is not stuck in the client, the watchdog's clock starts
+        again. What it catches is one call that never returns."""
         if self.batch_started is not None:
             self.batch_started = time.monotonic()
 

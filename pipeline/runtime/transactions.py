@@ -55,8 +55,10 @@ class Transactions:
                  metrics: RuntimeMetrics, fetch_wait_ms: int = 50,
                  progress: Callable[[], None] | None = None) -> None:
         self.name = name
-        #: called while a call waits for the broker and returns to wait again (an outage): the
-        #: worker's watchdog restarts a thread stuck in one call, not one that keeps retrying
+        #: called whenever a blocking call of a commit returns, done or to be retried: the
+        #: worker's watchdog restarts a thread stuck in one call, not a commit whose calls each
+        #: took their time (a flush and an offsets send of up to the transaction timeout each,
+        #: across a broker restart on a loaded machine) or one that keeps retrying (an outage)
         self.progress = progress or (lambda: None)
         self.settings = settings
         self.serde = serde
@@ -275,14 +277,18 @@ class Transactions:
             # transaction's markers are still being written, where AddOffsetsToTxn, sent first,
             # waited retry.backoff.ms (measured: 63 ms a transaction back to back, 4.8 flushed).
             undelivered = self.producer.flush(self.settings.transaction_timeout_ms / 1000)
+            self.progress()
             if undelivered or self.broker_lost:  # the broker went away in this transaction
                 return self._give_up(f"the broker is unreachable ({undelivered} outputs undelivered)", records)
             if self._group_metadata is None:
                 self._group_metadata = self.consumer.consumer_group_metadata()
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o, metadata=m) if m else TopicPartition(t, p, o)
-                 for (t, p), (o, m) in offsets.items()],
-                self._group_metadata, 60)
+            try:
+                self.producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o, metadata=m) if m else TopicPartition(t, p, o)
+                     for (t, p), (o, m) in offsets.items()],
+                    self._group_metadata, self.settings.transaction_timeout_ms / 1000)
+            finally:
+                self.progress()
             self._commit_with_retry()
             self._open = False
         except KafkaException as exc:
@@ -331,7 +337,7 @@ class Transactions:
     def _commit_with_retry(self) -> None:
         while True:
             try:
-                self.producer.commit_transaction(60)
+                self.producer.commit_transaction(self.settings.transaction_timeout_ms / 1000)
                 return
             except KafkaException as exc:
                 if exc.args[0].retriable():

@@ -117,23 +117,27 @@ def test_broker_restart_mid_stream(own_broker: tuple[KafkaBroker, Settings], tmp
         # here so that the test does not wait the production default.
         worker.extra_env = {"TICKETFLOW_STUCK_BATCH_S": str(STUCK_S)}
         worker.start()
-    # The outage hits running workers: in a new state directory they first build their
-    # encoder (a minute here), and the stream and its outage were once over before they ran.
-    wait_until_running(workers, timeout_s=240)
-    submitter = submit_slowly(client, tickets)
-    with Supervisor(workers) as supervisor:
-        try:
-            time.sleep(6)
-            broker.down()  # every client loses its connections; open transactions cannot commit
-            time.sleep(down_s)
-            broker.up()
-            submitter.join()
-            ids = {t.ticket_id for t in tickets}
-            counts = response_counts(client, ids, timeout_s=240)
-        finally:
-            submitter.join()
+    exit_codes: list[int | None] = []
+    try:
+        # The outage hits running workers: in a new state directory they first build their
+        # encoder (a minute here), and the stream and its outage were once over before they ran.
+        wait_until_running(workers, timeout_s=240)
+        submitter = submit_slowly(client, tickets)
+        with Supervisor(workers) as supervisor:
+            try:
+                time.sleep(6)
+                broker.down()  # every client loses its connections; open transactions cannot commit
+                time.sleep(down_s)
+                broker.up()
+                submitter.join()
+                ids = {t.ticket_id for t in tickets}
+                counts = response_counts(client, ids, timeout_s=240)
+            finally:
+                submitter.join()
+    finally:
+        exit_codes = [w.stop() for w in workers]  # also when the test failed: no worker outlives it
     print(f"workers restarted by the supervisor: {supervisor.restarts}")
-    assert [w.stop() for w in workers] == [0, 0]
+    assert exit_codes == [0, 0]
     if down_s < STUCK_S:
         # An outage shorter than the watchdog's limit costs no restart: the engines resume on
         # their own (the first transaction after it on a new producer; before, the first
