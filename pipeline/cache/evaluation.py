@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.cache.audit import wilson
 from pipeline.cache.edge_index import EdgeIndex
 from pipeline.cache.embedder import Embedder, MicroBatcher
 from pipeline.cache.index import StoredEntry
@@ -54,10 +55,16 @@ class Scores:
         return (self.hits - self.correct) / self.queries if self.queries else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The rates, and the precision's and the out-of-scope hit rate's 95 % Wilson intervals
+        (a rate from one set of queries is an estimate)."""
         return {"hit_rate": round(self.hit_rate, 4), "precision": round(self.precision, 4),
+                "precision_ci95": [round(b, 4) for b in wilson(self.correct, self.hits)],
                 "false_hit_rate": round(self.false_hit_rate, 4), "hits": self.hits,
                 "correct_hits": self.correct, "out_of_scope_queries": self.out_of_scope,
+                "out_of_scope_hits": self.out_of_scope_hits,
                 "out_of_scope_hit_rate": round(self.out_of_scope_hits / self.out_of_scope, 4)
+                if self.out_of_scope else None,
+                "out_of_scope_hit_rate_ci95": [round(b, 4) for b in wilson(self.out_of_scope_hits, self.out_of_scope)]
                 if self.out_of_scope else None}
 
 
@@ -86,11 +93,26 @@ class EvalResult:
     neighbours: list[list[Neighbour]] = field(repr=False, default_factory=list)
     labels: list[str] = field(repr=False, default_factory=list)
     seed_labels: set[str] = field(repr=False, default_factory=set)
+    texts: list[str] = field(repr=False, default_factory=list)  # the queries, as looked up (redacted)
+
+    def false_hits(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The wrong answers the policy served: the query, its label (out of scope when the seed
+        has no such key), the key served and the nearest entry's similarity."""
+        out: list[dict[str, Any]] = []
+        for found, label, text in zip(self.evidence, self.labels, self.texts, strict=True):
+            verdict = judge(self.policy, found)
+            if verdict.hit and verdict.resolution_key != label and found is not None:
+                out.append({"text": text, "label": label, "out_of_scope": label not in self.seed_labels,
+                            "served": verdict.resolution_key, "similarity": round(found.top.similarity, 4)})
+                if len(out) == limit:
+                    break
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         return {
             "seed_rows": self.seed_rows, "queries": self.scores.queries, **self.scores.to_dict(),
+            "false_hit_examples": self.false_hits(),
             "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
             "miss_reasons": self.reasons, "policy": self.policy.to_dict(), "embedder": self.embedder,
             "baseline": {"threshold": BASELINE_THRESHOLD, **self.baseline.to_dict()},
@@ -142,11 +164,13 @@ def evaluate(embedder: Embedder, seed: Sequence[LabelledQuery], queries: Sequenc
             index.optimize()
             now = int(time.time() * 1000)
             found_all: list[Evidence | None] = []
+            looked_up: list[str] = []
             neighbours_all: list[list[Neighbour]] = []
             latencies: list[float] = []
             for start in range(0, len(queries), chunk):
                 part = queries[start:start + chunk]
                 texts = [redact(r.text) for r in part]
+                looked_up += texts
                 vectors = batcher.encode_sorted(texts)
                 said = opinions.opinions(texts, vectors) if opinions is not None else [None] * len(texts)
                 for text, vector, opinion in zip(texts, vectors, said, strict=True):
@@ -171,7 +195,7 @@ def evaluate(embedder: Embedder, seed: Sequence[LabelledQuery], queries: Sequenc
         baseline=score([_baseline(n, BASELINE_THRESHOLD) for n in neighbours_all], labels, seed_labels),
         reasons=dict(Counter(v.reason for v in verdicts)),
         latencies_ms=latencies, seed_rows=len(seed), embedder=embedder.name,
-        evidence=found_all, neighbours=neighbours_all, labels=labels, seed_labels=seed_labels,
+        evidence=found_all, neighbours=neighbours_all, labels=labels, seed_labels=seed_labels, texts=looked_up,
     )
 
 

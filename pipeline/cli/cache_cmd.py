@@ -153,9 +153,18 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(report))
     else:
         base = report["baseline"]
-        print(f"policy:   hit rate {report['hit_rate']:.3f}  precision {report['precision']:.4f}  "
-              f"false hits {report['false_hit_rate']:.4f}  lookup p50 {report['p50_ms']:.2f} ms "
-              f"p99 {report['p99_ms']:.2f} ms")
+        low, high = report["precision_ci95"]
+        print(f"policy:   hit rate {report['hit_rate']:.3f}  precision {report['precision']:.4f} "
+              f"[95 % {low:.4f}, {high:.4f}]  false hits {report['false_hit_rate']:.4f}  "
+              f"lookup p50 {report['p50_ms']:.2f} ms p99 {report['p99_ms']:.2f} ms")
+        if report["out_of_scope_queries"]:
+            low, high = report["out_of_scope_hit_rate_ci95"]
+            print(f"out of scope (labels the seed does not have): {report['out_of_scope_hits']} of "
+                  f"{report['out_of_scope_queries']} answered ({report['out_of_scope_hit_rate']:.4f}, "
+                  f"[95 % {low:.4f}, {high:.4f}])")
+        for wrong in report["false_hit_examples"][:5]:
+            print(f"  wrong: {wrong['text']!r} ({wrong['label']}) served {wrong['served']} "
+                  f"at similarity {wrong['similarity']}")
         print(f"baseline: hit rate {base['hit_rate']:.3f}  precision {base['precision']:.4f}  "
               f"false hits {base['false_hit_rate']:.4f}  (single cosine threshold {base['threshold']})")
         print(f"misses by reason: {report['miss_reasons']}")

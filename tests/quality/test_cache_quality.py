@@ -84,6 +84,13 @@ def test_out_of_scope_questions_rarely_hit(embedder: MicroBatcher) -> None:
     result = evaluate(embedder.embedder, tune, [LabelledQuery(t, "out_of_scope") for t in texts], HitPolicy())
     assert result.scores.out_of_scope == 60
     assert result.scores.hits <= 1, result.scores
+    # The report names every wrong answer it gave (what `cache eval` prints) and bounds the rate.
+    report = result.to_dict()
+    assert [w["text"] for w in report["false_hit_examples"]] == [
+        redact(t) for t, e in zip(texts, result.evidence, strict=True) if judge(result.policy, e).hit]
+    assert all(w["out_of_scope"] and w["served"] for w in report["false_hit_examples"])
+    low, high = report["out_of_scope_hit_rate_ci95"]
+    assert low <= report["out_of_scope_hit_rate"] <= high and high < 0.1
 
 
 @pytest.fixture(scope="module")
