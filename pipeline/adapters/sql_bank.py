@@ -114,13 +114,14 @@ def _create_tables(engine: Engine, attempts: int = 5) -> None:
     """The tables that are missing. Workers started together on a new database each find a
     table missing and create it; all but one fail ("table cards already exists" in SQLite,
     DuplicateTable or a duplicate pg_type row in PostgreSQL) and exited. Looking again finds
-    the other's tables; a database that keeps failing still raises."""
+    the other's tables. Only that race is retried: an unreachable database fails at once."""
     for attempt in range(attempts):
         try:
             METADATA.create_all(engine)
             return
-        except sa.exc.SQLAlchemyError:
-            if attempt == attempts - 1:
+        except sa.exc.DBAPIError as exc:
+            raced = isinstance(exc, sa.exc.IntegrityError) or "already exists" in str(exc.orig)
+            if not raced or attempt == attempts - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
 
