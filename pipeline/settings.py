@@ -71,11 +71,14 @@ class Settings(BaseSettings):
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     # 6 s is the broker's default minimum; it bounds how long a dead worker's partitions stall.
     session_timeout_ms: int = Field(default=6_000, ge=1000)
-    # A batch (handle + transaction) that takes longer than this is stuck in the Kafka client
-    # (seen after a broker restart: send_offsets_to_transaction outliving its timeout). The
-    # worker then exits with code 70 so that its supervisor restarts it; the replacement
-    # fences the stuck transaction. Well above the 60 s timeouts of the transactional calls.
+    # A batch (handle + transaction) that spends longer than this in one Kafka client call is
+    # stuck there. The worker then exits with code 70 so that its supervisor restarts it; the
+    # replacement fences the stuck transaction. Well above the transactional calls' timeouts
+    # (the transaction timeout each).
     stuck_batch_s: float = Field(default=90.0, gt=0)
+    # send_offsets_to_transaction on a thread of its own, given up 2 s past its timeout (it
+    # can outlive it for a whole broker outage: librdkafka#5456; pipeline/runtime/guarded.py)
+    guard_send_offsets: bool = True
     max_retries: int = Field(default=5, ge=0)
     crash_before_commit: int = Field(
         default=0, ge=0,

@@ -23,6 +23,7 @@ from pipeline.errors import TicketflowError
 from pipeline.events import DeadLetter, to_record
 from pipeline.metrics import RuntimeMetrics
 from pipeline.processing import Emit, Failure, Output
+from pipeline.runtime.guarded import CallHung, GuardedCalls
 from pipeline.serde import AvroSerde
 from pipeline.settings import Settings
 from topics.catalog import DLQ_MAX_BYTES, spec, topic_name
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # Producer requests must fit a dead letter of the largest ingress record.
 PRODUCER_MAX_BYTES = DLQ_MAX_BYTES + 1024 * 1024
+#: how long past its own timeout a guarded call may take before it is given up (guarded.py)
+OVERRUN_S = 2.0
 
 Position = tuple[str, int, int]
 
@@ -86,6 +89,11 @@ class Transactions:
             "fetch.wait.max.ms": fetch_wait_ms,
         })
         self.producer: Any = self._new_producer()
+        #: send_offsets_to_transaction runs here when guarded (TICKETFLOW_GUARD_SEND_OFFSETS)
+        self._offsets_calls: GuardedCalls | None = (GuardedCalls(f"offsets-{name}")
+                                                    if settings.guard_send_offsets else None)
+        #: producers left behind with a thread stuck inside them (never closed under it)
+        self.abandoned = 0
         #: the broker was unreachable since the producer was made (all connections down, or the
         #: group session lost): the next transaction starts on a new producer (see ``begin``)
         self.broker_lost = False
@@ -127,7 +135,7 @@ class Transactions:
         else:  # a connection's failure, retried by librdkafka (which logs it too)
             log.debug("%s: kafka: %s", self.name, error)
 
-    def _renew_producer(self) -> None:
+    def _renew_producer(self, close_old: bool = True) -> None:
         """A new transactional producer after the broker was lost, the open transaction (if
         any) left to the broker to abort.
 
@@ -145,7 +153,8 @@ class Transactions:
         self.producer = self._new_producer()
         self.broker_lost = False
         self._open = False
-        threading.Thread(target=old.close, name=f"close-{self.name}", daemon=True).start()
+        if close_old:
+            threading.Thread(target=old.close, name=f"close-{self.name}", daemon=True).start()
         while True:
             try:
                 self.producer.init_transactions(self.settings.transaction_timeout_ms / 1000)
@@ -178,6 +187,8 @@ class Transactions:
     def close(self) -> None:
         self.consumer.close()
         self.producer.flush(10)
+        if self._offsets_calls is not None:
+            self._offsets_calls.close()
 
     def usable(self, message: Message) -> bool:
         error = message.error()
@@ -283,10 +294,11 @@ class Transactions:
             if self._group_metadata is None:
                 self._group_metadata = self.consumer.consumer_group_metadata()
             try:
-                self.producer.send_offsets_to_transaction(
-                    [TopicPartition(t, p, o, metadata=m) if m else TopicPartition(t, p, o)
-                     for (t, p), (o, m) in offsets.items()],
-                    self._group_metadata, self.settings.transaction_timeout_ms / 1000)
+                self._send_offsets([TopicPartition(t, p, o, metadata=m) if m else TopicPartition(t, p, o)
+                                    for (t, p), (o, m) in offsets.items()])
+            except CallHung as hung:
+                return self._give_up(f"{hung}, past its timeout (librdkafka#5456); the producer is left "
+                                     f"behind ({self.abandoned} so far)", records, close_old=False)
             finally:
                 self.progress()
             self._commit_with_retry()
@@ -314,12 +326,29 @@ class Transactions:
         log.critical("%s: injected crash before commit %d", self.name, self._commits)
         os._exit(137)
 
-    def _give_up(self, reason: str, records: Sequence[Message]) -> bool:
+    def _send_offsets(self, offsets: list[TopicPartition]) -> None:
+        """The transaction's input offsets, on the guard's thread when guarded: a call still
+        inside librdkafka ``OVERRUN_S`` past its timeout raises CallHung here, and the guard
+        and the producer are replaced (the stuck thread keeps both)."""
+        timeout_s = self.settings.transaction_timeout_ms / 1000
+        if self._offsets_calls is None:
+            self.producer.send_offsets_to_transaction(offsets, self._group_metadata, timeout_s)
+            return
+        try:
+            self._offsets_calls.call(self.producer.send_offsets_to_transaction, offsets, self._group_metadata,
+                                     timeout_s, wait_s=timeout_s + OVERRUN_S)
+        except CallHung:
+            self.abandoned += 1
+            self.metrics.retries.labels(self.name, "kafka_call_hung").inc()
+            self._offsets_calls = GuardedCalls(f"offsets-{self.name}")
+            raise
+
+    def _give_up(self, reason: str, records: Sequence[Message], close_old: bool = True) -> bool:
         """The open transaction left to the broker to abort (a new producer fences it); the
         caller redoes its records. Always False, what ``commit`` returns."""
         log.warning("%s: transaction given up (%s); %d records to redo on a new producer",
                     self.name, reason, len(records))
-        self._renew_producer()
+        self._renew_producer(close_old)
         self.metrics.retries.labels(self.name, "transaction_aborted").inc()
         return False
 
