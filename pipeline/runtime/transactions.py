@@ -37,6 +37,20 @@ OVERRUN_S = 2.0
 
 Position = tuple[str, int, int]
 
+#: the producer's epoch is over: the transaction coordinator ended its transaction
+FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+
+
+def fenced(error: KafkaError) -> bool:
+    """The producer was fenced. Nothing else can hold this processor's transactional id: it
+    carries the worker's slot, which one process at a time locks (worker.acquire_slot), and a
+    new producer of our own replaces the one it fences. So it is the coordinator's doing: a
+    transaction left open across a broker outage outlived the transaction timeout, the
+    restarted broker aborted it and bumped the epoch (seen in CI: the next commit failed with
+    "_FENCED: This instance has been fenced by a newer instance", fatal, and the worker
+    exited). Its records are redone on a new producer, as after any aborted transaction."""
+    return error.code() in FENCED
+
 
 def position(message: Message) -> Position:
     """(topic, partition, offset) of a consumed record (never None for a record without error)."""
@@ -186,7 +200,10 @@ class Transactions:
 
     def close(self) -> None:
         self.consumer.close()
-        self.producer.flush(10)
+        try:
+            self.producer.flush(10)
+        except KafkaException as exc:  # a fenced producer: its transaction is aborted already
+            log.warning("%s: closing: %s", self.name, exc.args[0])
         if self._offsets_calls is not None:
             self._offsets_calls.close()
 
@@ -241,6 +258,11 @@ class Transactions:
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: let deliveries drain
+            except KafkaException as exc:
+                if not fenced(exc.args[0]):
+                    raise
+                self.broker_lost = True  # the commit gives this transaction up and redoes it
+                return
 
     # -- transactions --------------------------------------------------------------------
 
@@ -248,7 +270,14 @@ class Transactions:
         if self.broker_lost:
             self._renew_producer()
         if not self._open:
-            self.producer.begin_transaction()
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as exc:
+                if not fenced(exc.args[0]):
+                    raise
+                log.warning("%s: %s; the next transaction starts on a new producer", self.name, exc.args[0])
+                self._renew_producer()
+                self.producer.begin_transaction()
             self._open = True
 
     def _begin_ahead(self) -> None:
@@ -306,6 +335,8 @@ class Transactions:
         except KafkaException as exc:
             self._group_metadata = None  # a new generation fences the old metadata: ask again
             error: KafkaError = exc.args[0]
+            if fenced(error):  # the coordinator aborted it (see fenced)
+                return self._give_up(f"the broker ended the transaction: {error}", records)
             if error.txn_requires_abort():
                 log.warning("%s: transaction aborted (%s); %d records to redo", self.name, error, len(records))
                 self._abort()
@@ -358,7 +389,7 @@ class Transactions:
             self.producer.abort_transaction(self.settings.transaction_timeout_ms / 1000)
             self._open = False
         except KafkaException as exc:
-            if not exc.args[0].retriable():
+            if not (exc.args[0].retriable() or fenced(exc.args[0])):
                 raise
             log.warning("%s: abort not confirmed (%s)", self.name, exc.args[0])
             self._renew_producer()

@@ -1,5 +1,7 @@
-"""A commit whose send_offsets_to_transaction outlives its timeout (librdkafka#5456) gives its
-transaction up on a new producer instead of holding the engine's thread for the outage."""
+"""What a broker outage does to a commit, with the producer's calls faked: a
+send_offsets_to_transaction that outlives its timeout (librdkafka#5456), and a producer the
+restarted broker fenced (its transaction outlived the timeout). Either way the transaction
+is given up and redone on a new producer; neither stops the engine."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
 from pipeline.metrics import RuntimeMetrics
@@ -17,13 +20,20 @@ from pipeline.settings import load_settings
 class FakeProducer:
     """The transactional calls a commit makes; ``send_offsets`` blocks until ``release``."""
 
-    def __init__(self, release: threading.Event | None = None) -> None:
+    def __init__(self, release: threading.Event | None = None, fenced_at: str = "") -> None:
         self.release = release
+        self.fenced_at = fenced_at  # the call that raises the fatal _FENCED error
         self.calls: list[str] = []
         self.closed = False
 
+    def _fence(self, call: str) -> None:
+        if call == self.fenced_at:
+            raise KafkaException(KafkaError(KafkaError._FENCED, "Failed to end transaction: Local: This "
+                                            "instance has been fenced by a newer instance", fatal=True))
+
     def flush(self, timeout: float) -> int:
         self.calls.append("flush")
+        self._fence("flush")
         return 0
 
     def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
@@ -33,9 +43,11 @@ class FakeProducer:
 
     def commit_transaction(self, timeout: float) -> None:
         self.calls.append("commit")
+        self._fence("commit")
 
     def begin_transaction(self) -> None:
         self.calls.append("begin")
+        self._fence("begin")
 
     def init_transactions(self, timeout: float) -> None:
         self.calls.append("init")
@@ -81,3 +93,30 @@ def test_send_offsets_stuck_past_its_timeout_gives_up_on_a_new_producer_without_
     finally:
         release.set()
         kafka.consumer.close()
+
+
+def test_a_producer_fenced_by_the_restarted_broker_is_replaced_and_the_transaction_redone() -> None:
+    for call in ("commit", "flush"):
+        kafka = transactions(guard=True)
+        old = kafka.producer = FakeProducer(fenced_at=call)
+        fresh = FakeProducer()
+        kafka._new_producer = lambda fresh=fresh: fresh  # type: ignore[method-assign, misc]
+        assert kafka.commit([], positions={("tickets.ingress", 0): (5, "")}) is False  # redone, not fatal
+        assert kafka.producer is fresh and fresh.calls == ["init"]
+        kafka.consumer.close()
+        # closing it is safe: no thread is inside it (it is closed on a thread of its own)
+        deadline = time.monotonic() + 5
+        while not old.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert old.closed
+
+
+def test_a_fenced_producer_is_replaced_at_the_next_begin_and_closing_one_is_not_an_error() -> None:
+    kafka = transactions(guard=False)
+    kafka.producer = FakeProducer(fenced_at="begin")
+    fresh = FakeProducer()
+    kafka._new_producer = lambda: fresh  # type: ignore[method-assign]
+    kafka.begin()
+    assert kafka.producer is fresh and fresh.calls == ["init", "begin"]
+    kafka.producer = FakeProducer(fenced_at="flush")
+    kafka.close()  # a fenced producer's flush raises; the engine's stop must not turn into a failure
