@@ -9,13 +9,13 @@ other folds, for every N of ``--per-intent``. Out-of-scope queries (``--oos``) a
 seed as well. ``--reference SEED QUERIES`` adds a second labelled set's curve (seeds subsampled
 to the same N, asked its own held-out queries) for comparison.
 
-Issue 11's 150-intent check on the data available here (CLINC150's in-scope test and
-validation queries, 30 per intent, and its 1,000 ``oos_test`` queries, all kept outside the
-repository; banking77 as the reference):
+Issue 11's 150-intent check on the data available here (about 45 of CLINC150's in-scope
+queries per intent and its 1,000 ``oos_test`` queries, all kept outside the repository;
+banking77 as the reference):
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python bench/cache_density.py \\
         --labelled /tmp/clinc/clinc_test_inscope.csv /tmp/clinc/clinc_dev_inscope.csv \\
-        --oos /tmp/clinc/oos_test.csv --per-intent 8,15,24 \\
+        /tmp/clinc/clinc_train_part.csv --oos /tmp/clinc/oos_test.csv --per-intent 15,24,30,36,0 \\
         --reference bench/data/banking77_tune.csv bench/data/banking77_holdout.csv \\
         --reference-per-intent 8,15,24,30,60,0 --out /tmp/clinc/density.json --plot /tmp/clinc/density.png
 
