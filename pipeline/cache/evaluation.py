@@ -23,7 +23,7 @@ from pipeline.cache.audit import wilson
 from pipeline.cache.edge_index import EdgeIndex
 from pipeline.cache.embedder import Embedder, MicroBatcher
 from pipeline.cache.index import StoredEntry
-from pipeline.cache.policy import Evidence, HitPolicy, Neighbour, evidence, judge
+from pipeline.cache.policy import Evidence, HitPolicy, Neighbour, Verdict, evidence, judge
 from pipeline.datasets import LabelledQuery
 from pipeline.pii import redact
 
@@ -94,13 +94,13 @@ class EvalResult:
     labels: list[str] = field(repr=False, default_factory=list)
     seed_labels: set[str] = field(repr=False, default_factory=set)
     texts: list[str] = field(repr=False, default_factory=list)  # the queries, as looked up (redacted)
+    verdicts: list[Verdict] = field(repr=False, default_factory=list)  # the policy's, one per query
 
     def false_hits(self, limit: int = 20) -> list[dict[str, Any]]:
         """The wrong answers the policy served: the query, its label (out of scope when the seed
         has no such key), the key served and the nearest entry's similarity."""
         out: list[dict[str, Any]] = []
-        for found, label, text in zip(self.evidence, self.labels, self.texts, strict=True):
-            verdict = judge(self.policy, found)
+        for found, verdict, label, text in zip(self.evidence, self.verdicts, self.labels, self.texts, strict=True):
             if verdict.hit and verdict.resolution_key != label and found is not None:
                 out.append({"text": text, "label": label, "out_of_scope": label not in self.seed_labels,
                             "served": verdict.resolution_key, "similarity": round(found.top.similarity, 4)})
@@ -196,6 +196,7 @@ def evaluate(embedder: Embedder, seed: Sequence[LabelledQuery], queries: Sequenc
         reasons=dict(Counter(v.reason for v in verdicts)),
         latencies_ms=latencies, seed_rows=len(seed), embedder=embedder.name,
         evidence=found_all, neighbours=neighbours_all, labels=labels, seed_labels=seed_labels, texts=looked_up,
+        verdicts=verdicts,
     )
 
 
