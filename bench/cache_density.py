@@ -90,12 +90,15 @@ class Tally:
         self.wrong += wrong
 
     def row(self, per_intent: int, seed_rows: float) -> dict[str, Any]:
+        served = self.hits + self.oos_hits
         return {"per_intent": per_intent, "mean_seed_rows": round(seed_rows, 1),
                 "in_scope_queries": self.queries, "in_scope_hits": self.hits,
                 "in_scope_hit_rate": round(self.hits / self.queries, 4) if self.queries else 0.0,
                 "correct_hits": self.correct,
-                "precision": round(self.correct / self.hits, 4) if self.hits else 0.0,
-                "precision_ci95": [round(x, 4) for x in wilson(self.correct, self.hits)],
+                # every answer served counts, an out-of-scope query's as a wrong one
+                "precision": round(self.correct / served, 4) if served else 0.0,
+                "precision_ci95": [round(x, 4) for x in wilson(self.correct, served)],
+                "in_scope_precision": round(self.correct / self.hits, 4) if self.hits else 0.0,
                 "out_of_scope_queries": self.oos_queries, "out_of_scope_hits": self.oos_hits,
                 "out_of_scope_hit_rate": round(self.oos_hits / self.oos_queries, 4) if self.oos_queries else None,
                 "out_of_scope_ci95": ([round(x, 4) for x in wilson(self.oos_hits, self.oos_queries)]
