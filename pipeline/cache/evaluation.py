@@ -164,6 +164,7 @@ def evaluate(embedder: Embedder, seed: Sequence[LabelledQuery], queries: Sequenc
             index.optimize()
             now = int(time.time() * 1000)
             found_all: list[Evidence | None] = []
+            verdicts: list[Verdict] = []
             looked_up: list[str] = []
             neighbours_all: list[list[Neighbour]] = []
             latencies: list[float] = []
@@ -177,7 +178,7 @@ def evaluate(embedder: Embedder, seed: Sequence[LabelledQuery], queries: Sequenc
                     t0 = time.perf_counter()
                     neighbours = index.search(EVAL_TENANT, vector[None, :], policy.k, now, "1")[0]
                     found = evidence(policy, text, neighbours, opinion=opinion)
-                    judge(policy, found)
+                    verdicts.append(judge(policy, found))
                     latencies.append((time.perf_counter() - t0) * 1000)
                     found_all.append(found)
                     neighbours_all.append(neighbours)
@@ -188,7 +189,6 @@ def evaluate(embedder: Embedder, seed: Sequence[LabelledQuery], queries: Sequenc
         batcher.close()
     seed_labels = {r.label for r in seed}
     labels = [r.label for r in queries]
-    verdicts = [judge(policy, e) for e in found_all]
     return EvalResult(
         policy=policy,
         scores=score([(v.hit, v.resolution_key) for v in verdicts], labels, seed_labels),
