@@ -38,18 +38,25 @@ def test_subsample_caps_each_intent_and_zero_keeps_everything() -> None:
 
 def test_tally_counts_in_scope_and_out_of_scope_apart() -> None:
     tally = Tally()
+    x = {"text": "x", "label": "oos", "out_of_scope": True, "served": "a", "similarity": 0.8}
+    weather = {"text": "give me the forecast", "label": "oos", "out_of_scope": True, "served": "weather",
+               "similarity": 0.9}
+    wrong_key = {"text": "y", "label": "b", "out_of_scope": False, "served": "a", "similarity": 0.8}
     # fold 1: 100 queries of which 20 out of scope; 50 hits, 2 of them on out-of-scope queries
     tally.add({"queries": 100, "hits": 50, "correct_hits": 47, "out_of_scope_queries": 20,
-               "out_of_scope_hits": 2}, [{"text": "x"}])
-    tally.add({"queries": 80, "hits": 40, "correct_hits": 40, "out_of_scope_queries": 0,
-               "out_of_scope_hits": 0}, [])
+               "out_of_scope_hits": 2}, [x, weather, wrong_key])
+    # fold 2: the same out-of-scope query answered again (its cache seeded differently)
+    tally.add({"queries": 100, "hits": 41, "correct_hits": 40, "out_of_scope_queries": 20,
+               "out_of_scope_hits": 1}, [weather])
     row = tally.row(24, 3600.0)
     assert row["in_scope_queries"] == 160 and row["in_scope_hits"] == 88
     assert row["in_scope_hit_rate"] == round(88 / 160, 4)
-    # precision over every answer served: the 2 out-of-scope hits are wrong answers
-    assert row["precision"] == round(87 / 90, 4)
-    assert row["precision_ci95"] == [round(x, 4) for x in wilson(87, 90)]
+    # precision over every answer served: the 3 out-of-scope hits are wrong answers
+    assert row["precision"] == round(87 / 91, 4)
+    assert row["precision_ci95"] == [round(v, 4) for v in wilson(87, 91)]
     assert row["in_scope_precision"] == round(87 / 88, 4)
-    assert row["out_of_scope_queries"] == 20 and row["out_of_scope_hits"] == 2
-    assert row["out_of_scope_ci95"] == [round(x, 4) for x in wilson(2, 20)]
-    assert row["wrong_answers"] == [{"text": "x"}]
+    assert row["out_of_scope_queries"] == 40 and row["out_of_scope_hits"] == 3
+    assert row["out_of_scope_ci95"] == [round(v, 4) for v in wilson(3, 40)]
+    assert row["wrong_answers"] == [x, weather, wrong_key, weather]
+    # the out-of-scope questions that slipped through, each once however many caches answered it
+    assert row["out_of_scope_distinct_answered"] == ["give me the forecast", "x"]
