@@ -163,7 +163,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    oos_rows = [r for r in result["curve"] if r["out_of_scope_queries"]]
+    fig, axes = plt.subplots(1, 2 if oos_rows else 1, figsize=(12 if oos_rows else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
     curves = ((Path(result["labelled"][0]).stem, result["curve"], result["intents"], "o-"),
               (Path(result.get("reference_files", ["reference"])[0]).stem, result["reference"],
                result["reference_intents"], "s--"))
@@ -177,6 +179,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right")
     ax.set_title("Cache hits against labelled examples per intent (default policy)")
+    if oos_rows:
+        ax = axes[0][1]
+        xs = [r["mean_seed_rows"] / max(1, result["intents"]) for r in oos_rows]
+        rates = [100 * r["out_of_scope_hit_rate"] for r in oos_rows]
+        low = [rate - 100 * r["out_of_scope_ci95"][0] for rate, r in zip(rates, oos_rows, strict=True)]
+        high = [100 * r["out_of_scope_ci95"][1] - rate for rate, r in zip(rates, oos_rows, strict=True)]
+        ax.errorbar(xs, rates, yerr=[low, high], fmt="o-", capsize=3,
+                    label=f"{result['oos_rows']} out-of-scope queries, Wilson 95 %")
+        ax.axhline(0.5, color="red", lw=0.8, ls=":", label="target 0.5 %")
+        ax.set_xlabel("labelled examples per intent in the seed")
+        ax.set_ylabel("out-of-scope queries answered (%)")
+        ax.set_ylim(0, None)
+        ax.legend(loc="upper left")
+        asked = "each fold's cache" if result.get("oos_every_fold") else "one fold's cache"
+        ax.set_title(f"Out-of-scope queries answered (asked of {asked})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
