@@ -161,6 +161,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--first-round", type=int, default=1,
+                        help="number of the first round (each round's tickets are sampled with its number)")
     parser.add_argument("--tickets", type=int, default=600)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--timeout", type=float, default=900.0)
@@ -168,7 +170,7 @@ def main() -> int:
     base = load_settings()
     services.up(base, adopt=True)
     rounds = []
-    for number in range(1, args.rounds + 1):
+    for number in range(args.first_round, args.first_round + args.rounds):
         settings = base.model_copy(update={"topic_prefix": f"rest-{uuid.uuid4().hex[:6]}."})
         result = one_round(settings, number, args.tickets, args.rate, args.timeout)
         say(f"round {number}: actual ${result['actual_micros'] / 1e6:.4f}, errors {result['errors']}")
