@@ -186,7 +186,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         low = [rate - 100 * r["out_of_scope_ci95"][0] for rate, r in zip(rates, oos_rows, strict=True)]
         high = [100 * r["out_of_scope_ci95"][1] - rate for rate, r in zip(rates, oos_rows, strict=True)]
         ax.errorbar(xs, rates, yerr=[low, high], fmt="o-", capsize=3,
-                    label=f"{result['oos_rows']} out-of-scope queries, Wilson 95 %")
+                    label=f"{result['oos_rows']} out-of-scope queries, Wilson 95 %"
+                          + (" (each ask counted as a trial)" if result.get("oos_every_fold") else ""))
         ax.axhline(0.5, color="red", lw=0.8, ls=":", label="target 0.5 %")
         ax.set_xlabel("labelled examples per intent in the seed")
         ax.set_ylabel("out-of-scope queries answered (%)")
