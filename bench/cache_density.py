@@ -192,7 +192,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("labelled examples per intent in the seed")
         ax.set_ylabel("out-of-scope queries answered (%)")
         ax.set_ylim(0, None)
-        ax.legend(loc="upper left")
+        ax.legend(loc="upper left", fontsize=8)
         asked = "each fold's cache" if result.get("oos_every_fold") else "one fold's cache"
         ax.set_title(f"Out-of-scope queries answered (asked of {asked})")
     fig.tight_layout()
