@@ -12,15 +12,17 @@ precision counts each out-of-scope query once, its answers averaged over the cac
 ``--reference SEED QUERIES`` adds a second labelled set's curve (seeds subsampled to the same N,
 asked its own held-out queries) for comparison.
 
-Issue 11's 150-intent check on the data available here (about 45 of CLINC150's in-scope
+Issue 11's 150-intent check on the data available here (about 67 of CLINC150's in-scope
 queries per intent and its 1,000 ``oos_test`` queries, all kept outside the repository;
 banking77 as the reference):
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python bench/cache_density.py \\
         --labelled /tmp/clinc/clinc_test_inscope.csv /tmp/clinc/clinc_dev_inscope.csv \\
-        /tmp/clinc/clinc_train_part.csv --oos /tmp/clinc/oos_test.csv --per-intent 15,24,30,36,0 \\
+        /tmp/clinc/clinc_train_part.csv /tmp/clinc/clinc_train_more.csv \\
+        --oos /tmp/clinc/oos_test.csv --oos-every-fold --per-intent 15,24,30,36,45,0 \\
         --reference bench/data/banking77_tune.csv bench/data/banking77_holdout.csv \\
-        --reference-per-intent 8,15,24,30,60,0 --out /tmp/clinc/density.json --plot /tmp/clinc/density.png
+        --reference-per-intent 8,15,24,30,45,60,0 --out bench/results/cache_density.json \\
+        --plot bench/results/cache_density.png
 
 ``0`` in a list means every row (no subsampling). Prints a table and writes JSON (and a PNG).
 """
