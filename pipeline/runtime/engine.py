@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline.errors import TicketflowError
 from pipeline.metrics import RuntimeMetrics
@@ -402,6 +402,11 @@ class Engine:
             try:
                 return list(consumer.committed(partitions, timeout=30))
             except KafkaException as exc:
+                if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._DESTROY:
+                    # an assignment delivered while the consumer closes (a graceful stop during a
+                    # rebalance): it owns nothing any more, so nothing was answered ahead here
+                    log.info("%s: assignment during close ignored", self.binding.name)
+                    return []
                 if attempt == 5:
                     raise
                 log.warning("%s: reading the committed offsets failed (%s); retrying", self.binding.name, exc)

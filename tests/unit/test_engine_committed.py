@@ -1,0 +1,54 @@
+"""Reading committed offsets on assignment: a closing consumer is not a broken broker.
+
+A graceful stop during a rebalance can deliver an assignment while ``close()`` runs; reading
+the committed offsets then fails with ``_DESTROY`` (the handle is being destroyed). The worker
+must leave cleanly (exit 0), not retry for 10 s and die; any other error is still retried, then
+fatal.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from pipeline.runtime import engine as engine_module
+from pipeline.runtime.engine import Engine
+
+
+class FailingConsumer:
+    def __init__(self, code: int, failures: int) -> None:
+        self.code, self.failures, self.calls = code, failures, 0
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise KafkaException(KafkaError(self.code, "test"))
+        return [TopicPartition(tp.topic, tp.partition, 42) for tp in partitions]
+
+
+def committed(consumer: Any) -> list[TopicPartition]:
+    fake_engine = SimpleNamespace(binding=SimpleNamespace(name="agent"))
+    return Engine._committed(fake_engine, consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+
+
+def test_an_assignment_during_close_is_ignored_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(engine_module.time, "sleep", sleeps.append)
+    consumer = FailingConsumer(KafkaError._DESTROY, failures=10)
+    assert committed(consumer) == []
+    assert consumer.calls == 1 and sleeps == []
+
+
+def test_other_errors_are_retried_then_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(engine_module.time, "sleep", sleeps.append)
+    flaky = FailingConsumer(KafkaError._TIMED_OUT, failures=2)
+    assert [tp.offset for tp in committed(flaky)] == [42]
+    assert flaky.calls == 3 and sleeps == [1, 2]
+    dead = FailingConsumer(KafkaError._TIMED_OUT, failures=10)
+    with pytest.raises(KafkaException):
+        committed(dead)
+    assert dead.calls == 5
