@@ -8,13 +8,13 @@ fatal.
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from pipeline.runtime import engine as engine_module
 from pipeline.runtime.engine import Engine
 
 
@@ -36,7 +36,7 @@ def committed(consumer: Any) -> list[TopicPartition]:
 
 def test_an_assignment_during_close_is_ignored_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr(engine_module.time, "sleep", sleeps.append)
+    monkeypatch.setattr(time, "sleep", sleeps.append)
     consumer = FailingConsumer(KafkaError._DESTROY, failures=10)
     assert committed(consumer) == []
     assert consumer.calls == 1 and sleeps == []
@@ -44,7 +44,7 @@ def test_an_assignment_during_close_is_ignored_at_once(monkeypatch: pytest.Monke
 
 def test_other_errors_are_retried_then_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr(engine_module.time, "sleep", sleeps.append)
+    monkeypatch.setattr(time, "sleep", sleeps.append)
     flaky = FailingConsumer(KafkaError._TIMED_OUT, failures=2)
     assert [tp.offset for tp in committed(flaky)] == [42]
     assert flaky.calls == 3 and sleeps == [1, 2]
