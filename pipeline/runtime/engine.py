@@ -78,6 +78,11 @@ class _Entry:
         return self.future is None or self.future.done()
 
 
+def closing(exc: KafkaException) -> bool:
+    """The consumer's handle is being destroyed (``close()`` runs): not a broker fault."""
+    return bool(exc.args) and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._DESTROY
+
+
 class Engine:
     def __init__(self, binding: Binding, settings: Settings, serde: AvroSerde, instance_id: str,
                  metrics: RuntimeMetrics, stop: threading.Event, health: DependencyHealth | None = None) -> None:
@@ -389,24 +394,35 @@ class Engine:
         self._paused = hold
 
     def _assigned(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        if self.binding.concurrent and partitions:
-            for tp in self._committed(consumer, partitions):
+        if not partitions:
+            return
+        if self.binding.concurrent:
+            committed = self._committed(consumer, partitions)
+            if committed is None:
+                return
+            for tp in committed:
                 self.ahead[(tp.topic, tp.partition)] = decode_ahead(tp.offset, tp.metadata)
-        if self._paused and partitions:
-            consumer.pause(partitions)
+        if self._paused:
+            try:
+                consumer.pause(partitions)
+            except KafkaException as exc:
+                if not closing(exc):
+                    raise
+                log.info("%s: assignment during close not paused", self.binding.name)
 
-    def _committed(self, consumer: Any, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        """The committed offsets and their metadata. Without them the records answered ahead
-        would be answered again, so a broker that does not say is waited for, then fatal."""
+    def _committed(self, consumer: Any, partitions: list[TopicPartition]) -> list[TopicPartition] | None:
+        """The committed offsets and their metadata (None: the consumer is closing). Without
+        them the records answered ahead would be answered again, so a broker that does not say
+        is waited for, then fatal."""
         for attempt in range(1, 6):
             try:
                 return list(consumer.committed(partitions, timeout=30))
             except KafkaException as exc:
-                if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._DESTROY:
+                if closing(exc):
                     # an assignment delivered while the consumer closes (a graceful stop during a
                     # rebalance): it owns nothing any more, so nothing was answered ahead here
                     log.info("%s: assignment during close ignored", self.binding.name)
-                    return []
+                    return None
                 if attempt == 5:
                     raise
                 log.warning("%s: reading the committed offsets failed (%s); retrying", self.binding.name, exc)
