@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline import services
+from pipeline import demo_warmup, services
 from pipeline.adapters.redis_audit import RedisAuditLedger
 from pipeline.adapters.redis_billing import RedisBilling
 from pipeline.adapters.redis_tool_cache import RedisToolCache
@@ -61,6 +61,9 @@ class DemoOptions:
     split_background: bool = False  # the processors nobody waits on in a worker process of their own
     split_agent: bool = False  # the agent in a worker process of its own
     nice: int = 0  # the niceness of the processes split off (the customer's fast paths keep 0)
+    # seconds of warm-up traffic on a tenant of its own before the run (None: 20 s when the
+    # local broker has not carried a demo since it started, else none; see pipeline.demo_warmup)
+    warm_pipeline_s: float | None = None
 
 
 @dataclass
@@ -89,6 +92,7 @@ class DemoReport:
     topic_prefix: str = ""
     # what to run next: the replay of exactly this run's tickets (its window of tickets.ingress)
     replay_command: str = ""
+    pipeline_warm_up_tickets: int = 0  # answered before the run, on the warm-up tenant (not counted)
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -250,6 +254,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     try:
         say(f"demo: {options.workers} worker process(es) started; waiting for them to join...")
         warm_up(client, run_id)
+        warmed = pipeline_warm_up(settings, client, run_id, options)
         prepare_cache(client, settings, sorted({t.tenant_id for t in tickets}), options.warm_csv, run_id)
         ledger = RedisAuditLedger(redis_client(settings), settings.redis_key_prefix())
         for tenant in sorted({t.tenant_id for t in tickets}):  # a demo's audit starts afresh, like its cache
@@ -311,6 +316,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
     served = {u.record_id for u in usage if u.kind == "llm" and u.outcome == "ok"}
     lettered_ids = {d.key.decode(errors="replace") for d in letters if d.key}
     report = DemoReport(
+        pipeline_warm_up_tickets=warmed,
         submitted=len(tickets),
         resolved=len(counts),
         duplicates=sum(c - 1 for c in counts.values()),
@@ -395,6 +401,22 @@ def naive_run(settings: Settings, tickets: list[TicketSubmitted],
                      PricingTable.load(settings.pricing_file), tools, intents, settings.llm_strong_model)
     runs = [loop.run(t, intents_by_ticket.get(t.ticket_id)) for t in tickets]
     return sum(cost for cost, _ in runs), [elapsed for _, elapsed in runs]
+
+
+def pipeline_warm_up(settings: Settings, client: TicketflowClient, run_id: str, options: DemoOptions) -> int:
+    """Traffic on a tenant of its own until the broker is warm (pipeline.demo_warmup)."""
+    cold = demo_warmup.broker_is_cold(settings)
+    seconds = options.warm_pipeline_s if options.warm_pipeline_s is not None else (
+        demo_warmup.DEFAULT_SECONDS if cold else 0.0)
+    if seconds <= 0:
+        return 0
+    rate = min(options.rate or 100.0, 100.0)
+    why = "the broker has carried no demo since it started; " if cold else ""
+    say(f"demo: warming the pipeline for {seconds:.0f} s ({why}tenant {demo_warmup.WARM_UP_TENANT}, "
+        "not counted; --warm-pipeline 0 skips it)...")
+    answered = demo_warmup.warm_pipeline(client, run_id, seconds, rate, timeout_s=options.timeout_s)
+    demo_warmup.mark_warm(settings)
+    return answered
 
 
 def warm_up_id(run_id: str) -> str:

@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--nice", type=int, default=0, metavar="N",
                         help="the niceness of the worker processes split off by --split-background and "
                         "--split-agent (0-19): the customer's fast paths get a core first")
+    parser.add_argument("--warm-pipeline", type=float, default=None, metavar="SECONDS",
+                        help="seconds of traffic on a tenant of its own before the run, so that a broker "
+                        "just started is measured warm (default: 20 when the local broker has carried no demo "
+                        "since it started, else 0; 0 never); the run's caches stay empty")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
 
@@ -53,6 +57,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # checked before anything starts (workers, topics, the bank's data)
     if args.fault_rate is not None and not 0 <= args.fault_rate <= 1:
         raise ConfigurationError("--fault-rate must lie in [0, 1]")
+    if args.warm_pipeline is not None and not 0 <= args.warm_pipeline <= 600:
+        raise ConfigurationError("--warm-pipeline must lie in [0, 600] seconds")
     if not 0 <= args.nice <= 19:
         raise ConfigurationError("--nice must lie in [0, 19] (a lower priority for the processes split off)")
     if args.nice and not (args.split_agent or args.split_background):
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         tickets=args.tickets, input_csv=args.input, workers=args.workers,
         malformed=args.malformed, rate=args.rate, timeout_s=args.timeout, seed=args.seed, warm_csv=args.warm,
         fault_rate=args.fault_rate, split_background=args.split_background, split_agent=args.split_agent,
-        nice=args.nice,
+        nice=args.nice, warm_pipeline_s=args.warm_pipeline,
     ))
     if args.json:
         print(json.dumps(report.as_json()))
