@@ -61,8 +61,8 @@ class DemoOptions:
     split_background: bool = False  # the processors nobody waits on in a worker process of their own
     split_agent: bool = False  # the agent in a worker process of its own
     nice: int = 0  # the niceness of the processes split off (the customer's fast paths keep 0)
-    # seconds of warm-up traffic on a tenant of its own before the run (None: 20 s when the
-    # local broker has not carried a demo since it started, else none; see pipeline.demo_warmup)
+    # seconds of warm-up traffic on a tenant of its own before the run (None: 20 s with a rate
+    # when the local broker has not carried a demo since it started, else none; pipeline.demo_warmup)
     warm_pipeline_s: float | None = None
 
 
@@ -298,6 +298,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> DemoReport:
         letters = [r.event for r in client.dead_letters(timeout_s=30)
                    if isinstance(r.event, DeadLetter) and r.event.key
                    and r.event.key.decode(errors="replace") in bad_keys]
+        demo_warmup.mark_warm(settings)  # the broker has carried a demo: the next run finds it warm
         say("demo: waiting for the cache audit's answers (batch lane)...")
         audit = audit_summary(client, ids, paths.get("cache", 0))
     finally:
@@ -405,18 +406,19 @@ def naive_run(settings: Settings, tickets: list[TicketSubmitted],
 
 def pipeline_warm_up(settings: Settings, client: TicketflowClient, run_id: str, options: DemoOptions) -> int:
     """Traffic on a tenant of its own until the broker is warm (pipeline.demo_warmup)."""
+    # By default only a steady stream (--rate) is warmed: it measures latency and a cache that
+    # learns as it goes, which a cold JVM distorts; a backlog submitted at once measures the
+    # drain, and the broker's warm-up is part of that.
     cold = demo_warmup.broker_is_cold(settings)
     seconds = options.warm_pipeline_s if options.warm_pipeline_s is not None else (
-        demo_warmup.DEFAULT_SECONDS if cold else 0.0)
+        demo_warmup.DEFAULT_SECONDS if cold and options.rate else 0.0)
     if seconds <= 0:
         return 0
     rate = min(options.rate or 100.0, 100.0)
     why = "the broker has carried no demo since it started; " if cold else ""
     say(f"demo: warming the pipeline for {seconds:.0f} s ({why}tenant {demo_warmup.WARM_UP_TENANT}, "
         "not counted; --warm-pipeline 0 skips it)...")
-    answered = demo_warmup.warm_pipeline(client, run_id, seconds, rate, timeout_s=options.timeout_s)
-    demo_warmup.mark_warm(settings)
-    return answered
+    return demo_warmup.warm_pipeline(client, run_id, seconds, rate, timeout_s=options.timeout_s)
 
 
 def warm_up_id(run_id: str) -> str:

@@ -8,8 +8,9 @@ the stream learns late then: in topic bursts, an intent's questions have passed 
 before the first answers to them are written back, so the cold-cache measurement says more
 about the JVM than about the cache. Like any benchmark of a JVM, the demo therefore sends
 traffic of its own tenant (``demo-warmup``, questions from the router's training part of
-banking77, never the run's input) for a while first, when the broker it started has not
-carried a demo yet. The run's tenants' caches stay empty; nothing of the warm-up is counted.
+banking77, never the run's input) for a while first, when it runs a steady stream
+(``--rate``) and the broker it started has not carried a demo yet (a demo that ran marks it).
+The run's tenants' caches stay empty; nothing of the warm-up is counted.
 """
 
 from __future__ import annotations
