@@ -26,8 +26,9 @@ from pipeline.services.process import read_pid
 from pipeline.settings import Settings
 
 WARM_UP_TENANT = "demo-warmup"
-#: Seconds of traffic that warm a broker the demo started (a 2,000-ticket run at 100/s, about
-#: 25 s, did it here; half of that left the next run at the warm run's latency, README).
+#: Seconds of traffic that warm a broker the demo started. A 2,000-ticket run at 100/s (about
+#: 25 s) did it here; 20 s brought 6 of 7 cold starts to a warm run's latency (rule p50 255-783
+#: ms, against 379-712 warm and 1,248-1,441 cold), one stayed at 1,306 ms (README "Issue 11").
 DEFAULT_SECONDS = 20.0
 MARKER = "demo-warmed-broker"
 
