@@ -61,8 +61,7 @@ class DemoOptions:
     split_background: bool = False  # the processors nobody waits on in a worker process of their own
     split_agent: bool = False  # the agent in a worker process of its own
     nice: int = 0  # the niceness of the processes split off (the customer's fast paths keep 0)
-    # seconds of warm-up traffic on a tenant of its own before the run (None: 20 s with a rate
-    # when the local broker has not carried a demo since it started, else none; pipeline.demo_warmup)
+    # seconds of warm-up traffic on a tenant of its own before the run (pipeline.demo_warmup)
     warm_pipeline_s: float | None = None
 
 
@@ -405,19 +404,21 @@ def naive_run(settings: Settings, tickets: list[TicketSubmitted],
 
 
 def pipeline_warm_up(settings: Settings, client: TicketflowClient, run_id: str, options: DemoOptions) -> int:
-    """Traffic on a tenant of its own until the broker is warm (pipeline.demo_warmup)."""
-    # By default only a steady stream (--rate) is warmed: it measures latency and a cache that
-    # learns as it goes, which a cold JVM distorts; a backlog submitted at once measures the
-    # drain, and the broker's warm-up is part of that.
+    """``--warm-pipeline`` seconds of traffic on a tenant of its own (pipeline.demo_warmup).
+    Not the default: a steady stream on a broker that has carried no demo since it started is
+    only pointed at it."""
     cold = demo_warmup.broker_is_cold(settings)
-    seconds = options.warm_pipeline_s if options.warm_pipeline_s is not None else (
-        demo_warmup.DEFAULT_SECONDS if cold and options.rate else 0.0)
+    seconds = options.warm_pipeline_s or 0.0
     if seconds <= 0:
+        if cold and options.rate:
+            say("demo: the broker has carried no demo since it started: its JVM answers every path about "
+                f"twice as slowly for the first thousands of tickets; --warm-pipeline "
+                f"{demo_warmup.DEFAULT_SECONDS:.0f} warms it first")
         return 0
     rate = min(options.rate or 100.0, 100.0)
     why = "the broker has carried no demo since it started; " if cold else ""
     say(f"demo: warming the pipeline for {seconds:.0f} s ({why}tenant {demo_warmup.WARM_UP_TENANT}, "
-        "not counted; --warm-pipeline 0 skips it)...")
+        "not counted)...")
     return demo_warmup.warm_pipeline(client, run_id, seconds, rate, timeout_s=options.timeout_s)
 
 

@@ -6,11 +6,12 @@ the same two cores as the worker, and every path answers about twice as slowly (
 1.0-1.4 s against 0.4-0.7 s in the run after it, README "Issue 11"). A cache that learns from
 the stream learns late then: in topic bursts, an intent's questions have passed the cache
 before the first answers to them are written back, so the cold-cache measurement says more
-about the JVM than about the cache. Like any benchmark of a JVM, the demo therefore sends
-traffic of its own tenant (``demo-warmup``, questions from the router's training part of
-banking77, never the run's input) for a while first, when it runs a steady stream
-(``--rate``) and the broker it started has not carried a demo yet (a demo that ran marks it).
-The run's tenants' caches stay empty; nothing of the warm-up is counted.
+about the JVM than about the cache. Like any benchmark of a JVM, ``demo --warm-pipeline
+SECONDS`` therefore sends traffic of its own tenant (``demo-warmup``, questions from the
+router's training part of banking77, never the run's input) for a while first; without it,
+a steady stream (``--rate``) on a broker that has carried no demo since it started (a demo
+that ran marks it) is pointed at it. The run's tenants' caches stay empty; nothing of the
+warm-up is counted.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from pipeline.services.process import read_pid
 from pipeline.settings import Settings
 
 WARM_UP_TENANT = "demo-warmup"
-#: Seconds of traffic that warm a broker the demo started. A 2,000-ticket run at 100/s (about
-#: 25 s) did it here; 20 s brought 6 of 7 cold starts to a warm run's latency (rule p50 255-783
-#: ms, against 379-712 warm and 1,248-1,441 cold), one stayed at 1,306 ms (README "Issue 11").
+#: Seconds of traffic that warmed a broker the demo started (the demo's hint suggests them).
+#: A 2,000-ticket run at 100/s (about 25 s) did it here; 20 s brought 6 of 7 cold starts to a
+#: warm run's latency (rule p50 255-783 ms, against 379-712 warm and 1,248-1,441 cold), one
+#: stayed at 1,306 ms (README "Issue 11").
 DEFAULT_SECONDS = 20.0
 MARKER = "demo-warmed-broker"
 

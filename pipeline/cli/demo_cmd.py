@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "--split-agent (0-19): the customer's fast paths get a core first")
     parser.add_argument("--warm-pipeline", type=float, default=None, metavar="SECONDS",
                         help="seconds of traffic on a tenant of its own before the run, so that a broker "
-                        "just started is measured warm (default: 20 with --rate when the local broker has "
-                        "carried no demo since it started, else 0); the run's caches stay empty")
+                        "just started is measured warm (20 did it here; default 0, the demo says when the "
+                        "broker has carried no demo since it started); the run's caches stay empty")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
 
