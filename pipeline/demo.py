@@ -62,7 +62,7 @@ class DemoOptions:
     split_agent: bool = False  # the agent in a worker process of its own
     nice: int = 0  # the niceness of the processes split off (the customer's fast paths keep 0)
     # seconds of warm-up traffic on a tenant of its own before the run (pipeline.demo_warmup)
-    warm_pipeline_s: float | None = None
+    warm_pipeline_s: float = 0.0
 
 
 @dataclass
@@ -408,7 +408,7 @@ def pipeline_warm_up(settings: Settings, client: TicketflowClient, run_id: str, 
     Not the default: a steady stream on a broker that has carried no demo since it started is
     only pointed at it."""
     cold = demo_warmup.broker_is_cold(settings)
-    seconds = options.warm_pipeline_s or 0.0
+    seconds = options.warm_pipeline_s
     if seconds <= 0:
         if cold and options.rate:
             say("demo: the broker has carried no demo since it started: its JVM answers every path about "

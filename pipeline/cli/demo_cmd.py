@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--nice", type=int, default=0, metavar="N",
                         help="the niceness of the worker processes split off by --split-background and "
                         "--split-agent (0-19): the customer's fast paths get a core first")
-    parser.add_argument("--warm-pipeline", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--warm-pipeline", type=float, default=0.0, metavar="SECONDS",
                         help="seconds of traffic on a tenant of its own before the run, so that a broker "
                         "just started is measured warm (20 did it here; default 0, the demo says when the "
                         "broker has carried no demo since it started); the run's caches stay empty")
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # checked before anything starts (workers, topics, the bank's data)
     if args.fault_rate is not None and not 0 <= args.fault_rate <= 1:
         raise ConfigurationError("--fault-rate must lie in [0, 1]")
-    if args.warm_pipeline is not None and not 0 <= args.warm_pipeline <= 600:
+    if not 0 <= args.warm_pipeline <= 600:
         raise ConfigurationError("--warm-pipeline must lie in [0, 600] seconds")
     if not 0 <= args.nice <= 19:
         raise ConfigurationError("--nice must lie in [0, 19] (a lower priority for the processes split off)")
